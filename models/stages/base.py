@@ -1,0 +1,46 @@
+"""The contract every non-final cascade stage keeps, and nothing more.
+
+A stage answers a batch of texts with class probabilities, learns from a batch of labels, states
+its cost per event, and turns its learned state into bytes and back. Its configuration (which
+encoder file, which hashing width) comes from its constructor; ``state_bytes`` carries only what
+it learned, in a data-only format (never pickle), so state read from a Kafka topic is safe to load.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import numpy as np
+
+from streamcascade.models.types import LabelSet
+
+
+class Stage(abc.ABC):
+    """A model of the cascade that is cheaper than the LLM and learns online."""
+
+    #: A short unique name, used in decisions, metrics and state.
+    name: str
+    #: The task's labels; column ``j`` of :meth:`predict_proba` is ``labels.names[j]``.
+    labels: LabelSet
+    #: Cost of answering one event, in the paper's units (parameters relative to BERT-base).
+    cost: float
+
+    @abc.abstractmethod
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, shape ``(len(texts), len(labels))``, rows summing to one.
+
+        Must not change any state: predicting never learns.
+        """
+
+    @abc.abstractmethod
+    def learn(self, texts: Sequence[str], targets: Sequence[int]) -> None:
+        """Update the stage on labelled texts (``targets`` are label indices)."""
+
+    @abc.abstractmethod
+    def state_bytes(self) -> bytes:
+        """The learned state in a data-only format."""
+
+    @abc.abstractmethod
+    def load_state(self, data: bytes) -> None:
+        """Replace the learned state with one made by :meth:`state_bytes` of a like-configured stage."""

@@ -1,0 +1,3 @@
+from streamcascade.cli import main
+
+main()

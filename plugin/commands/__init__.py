@@ -1,0 +1,1 @@
+"""Subcommands of the ``streamcascade`` CLI, one module per area."""

@@ -1,0 +1,10 @@
+"""``streamcascade onnx``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("onnx")
+def onnx() -> None:
+    """Not built yet."""

@@ -1,0 +1,10 @@
+"""``streamcascade replay``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group("replay")
+def replay() -> None:
+    """Not built yet."""
