@@ -1,8 +1,8 @@
 """Value types shared by every part of the core.
 
-An :class:`Event` is what a user asks about, a :class:`Decision` is the cascade's answer to it, and a
-:class:`Demonstration` is a label from an expert (the LLM, or ground truth from a feedback topic) that
-the learner imitates.
+An :class:`Event` is what a user asks about, a :class:`Decision` is the cascade's answer to it,
+and a :class:`Demonstration` is a label from an expert (the LLM, or ground truth from a feedback
+topic) that the learner imitates.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from streamcascade.errors import UnknownLabelError
 
-# Where a demonstration came from. The learner records it; the operator reads it from feedback topics.
+# Where a demonstration came from: the learner records it, the operator reads it from feedback.
 SOURCE_LLM = "llm"
 SOURCE_GROUND_TRUTH = "ground_truth"
 SOURCE_AUDIT = "audit"

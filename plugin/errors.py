@@ -8,10 +8,12 @@ The tree::
     ├── UnknownLabelError         a label outside the task's label set
     ├── ModelStateError           model state bytes that are corrupt, unsigned or of another shape
     ├── ModelFileError            an exported model file that is missing, corrupt or fails parity
-    └── LLMError                  the LLM backend failed
-        ├── LLMTimeoutError       no answer within the timeout, after retries
-        ├── LLMUnavailableError   the circuit breaker is open, or the server cannot be reached
-        └── LLMResponseError      an answer that cannot be read (bad JSON, no choices)
+    ├── LLMError                  the LLM backend failed
+    │   ├── LLMTimeoutError       no answer within the timeout, after retries
+    │   ├── LLMUnavailableError   the circuit breaker is open, or the server cannot be reached
+    │   ├── LLMResponseError      an answer that cannot be read (bad JSON, no choices)
+    │   └── LLMServerError        the local LLM server could not be started or stopped
+    └── RecordError               a Kafka record the operator cannot use (becomes a dead letter)
 
 Errors carry their context as attributes, and never a secret.
 """
@@ -71,3 +73,28 @@ class LLMUnavailableError(LLMError):
 
 class LLMResponseError(LLMError):
     """The server answered with something that cannot be read."""
+
+
+class RecordError(StreamcascadeError):
+    """A Kafka record the operator cannot use; it becomes a dead letter with :attr:`reason`.
+
+    ``reason`` is one of the short codes in :mod:`streamcascade.operators.dead_letters`;
+    ``detail`` says what was wrong, never quoting more than a short prefix of the record.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class LLMServerError(LLMError):
+    """The local LLM server could not be started, became unready, or could not be stopped.
+
+    ``log_tail`` holds the last lines of the server's log when they explain the failure.
+    """
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        self.log_tail = log_tail
+        tail = f"\n--- LLM server log (tail) ---\n{log_tail}" if log_tail else ""
+        super().__init__(message + tail)

@@ -21,7 +21,9 @@ def make_llm(
     """A recorded backend (``recorded`` names the answers' key in the dataset's ``llm`` field, read
     from ``records_path``) or a live OpenAI-compatible one (``url`` and ``model``); exactly one."""
     if (recorded is None) == (url is None):
-        raise ConfigurationError("name exactly one LLM: a recorded one (--llm) or a live one (--llm-url)")
+        raise ConfigurationError(
+            "name exactly one LLM: a recorded one (--llm) or a live one (--llm-url)"
+        )
     if recorded is not None:
         if records_path is None:
             raise ConfigurationError("a recorded LLM needs the dataset file its answers come from")

