@@ -1,10 +1,220 @@
-"""``streamcascade replay``."""
+"""``streamcascade replay``: run a labelled stream through the cascade in process, and score it.
+
+The stream is answered event by event (or in small micro-batches, each answered before it is
+learned from), beside a static confidence-threshold cascade over the same stages. ``--sweep``
+replays a range of operating points of both and plots the quality-cost curves.
+"""
 
 from __future__ import annotations
 
+import json
+import random
+from pathlib import Path
+from typing import Any
+
 import click
 
+from streamcascade.errors import ConfigurationError, StreamcascadeError
+from streamcascade.models import replay as rp
+from streamcascade.models.baseline import build_baseline
+from streamcascade.models.cascade import Cascade, CascadeConfig, build_cascade
+from streamcascade.models.datasets import read_stream, stream_task_name
+from streamcascade.models.llm.base import LLMBackend
+from streamcascade.models.llm.factory import make_llm
+from streamcascade.models.tasks import TASKS, Task, generic_task
+from streamcascade.models.types import LabelSet
 
-@click.group("replay")
-def replay() -> None:
-    """Not built yet."""
+# The learned policy's sweep steps its natural knob, the quality budget (the default, 0.01, is the
+# main run); a target share holds the share fixed over time, even while the stage is still poor.
+SWEEP_LOSSES = (0.0025, 0.005, 0.02, 0.04, 0.08, 0.16, 0.32)
+# Baseline thresholds as a share of the way from chance (1/K) to certainty.
+SWEEP_CONFIDENCE = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.96, 0.99)
+
+
+def _task(name: str, dataset: Path, labels: str | None, rows: list[Any]) -> Task:
+    name = stream_task_name(dataset) if name == "auto" else name
+    if name in TASKS:
+        return TASKS[name]
+    if labels:
+        names = [n.strip() for n in labels.split(",") if n.strip()]
+    else:  # the label set of the file: the task's definition, not a model fitted on the stream
+        names = sorted({r.label for r in rows if r.label is not None})
+        click.echo(f"note: labels taken from the file: {names}", err=True)
+    return generic_task(name, LabelSet.of(names))
+
+
+def _clean(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+@click.command("replay")
+@click.option("--dataset", "dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="A stream in the shared format (jsonl or jsonl.gz).")
+@click.option("--llm", "llm_name", help="Recorded LLM: the key of its answers in the rows' 'llm'.")
+@click.option("--llm-url", help="A live OpenAI-compatible server instead of recorded answers.")
+@click.option("--llm-model", help="The live server's model name.")
+@click.option("--task", "task_name", default="auto", show_default=True,
+              help="imdb, hatespeech, isear, or auto (from the file name; else a generic task).")
+@click.option("--labels", help="Comma-separated labels of a generic task (default: the file's).")
+@click.option("--stages", default="river", show_default=True, help="Comma-separated stage names.")
+@click.option("--mu", type=float, help="The paper's raw cost coefficient.")
+@click.option("--target-llm-share", type=float, help="Share of events sent to the LLM.")
+@click.option("--max-quality-loss", type=float,
+              help="Largest expected loss against the LLM in metric units (default 0.01).")
+@click.option("--sweep", is_flag=True, help="Replay a range of operating points and plot them.")
+@click.option("--sweep-losses", default=",".join(map(str, SWEEP_LOSSES)), show_default=True,
+              help="Quality budgets (max loss vs the LLM) of the learned policy's sweep.")
+@click.option("--sweep-shares", default="", help="Target LLM shares to add to the sweep.")
+@click.option("--sweep-confidence", default=",".join(map(str, SWEEP_CONFIDENCE)),
+              show_default=True, help="Baseline thresholds, as a share of the way from chance "
+              "(1/K) to certainty.")
+@click.option("--feedback", type=click.Choice(rp.FEEDBACK_MODES), default="llm", show_default=True,
+              help="Which labels teach the cascade: the LLM's answers, ground truth, or both.")
+@click.option("--audit-rate", type=float, help="Share of early answers also sent to the LLM.")
+@click.option("--stage-cost", "stage_costs", multiple=True, metavar="NAME=PRICE",
+              help="Price per event of a stage or of the LLM (default: paper units, parameters "
+              "relative to BERT-base). Repeatable.")
+@click.option("--warmup", type=int, help="Demonstrations learned before any stage may answer.")
+@click.option("--batch-size", type=int, default=1, show_default=True,
+              help="Micro-batch size: a batch is answered before it is learned from.")
+@click.option("--baseline-threshold", type=float, default=0.9, show_default=True,
+              help="Confidence threshold of the static baseline in a single run.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--shuffle", is_flag=True, help="Replay the stream in a random order (by --seed).")
+@click.option("--limit", type=int, help="Only the first N events (after shuffling).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG of the quality-cost curves (with --sweep).")
+def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: str | None,
+           task_name: str, labels: str | None, stages: str, mu: float | None,
+           target_llm_share: float | None, max_quality_loss: float | None, sweep: bool,
+           sweep_losses: str, sweep_shares: str, sweep_confidence: str, feedback: str,
+           audit_rate: float | None, stage_costs: tuple[str, ...],
+           warmup: int | None, batch_size: int, baseline_threshold: float, seed: int,
+           shuffle: bool, limit: int | None, json_out: Path, plot_out: Path | None) -> None:
+    """Replay a labelled stream through the cascade and its static baseline; write JSON."""
+    try:
+        grid = ([{"max_quality_loss": v} for v in _floats(sweep_losses)]
+                + [{"target_llm_share": v} for v in _floats(sweep_shares)],
+                _floats(sweep_confidence)) if sweep else None
+        result = _run(dataset, llm_name, llm_url, llm_model, task_name, labels, stages, mu,
+                      target_llm_share, max_quality_loss, grid, feedback, audit_rate, warmup,
+                      batch_size, baseline_threshold, seed, shuffle, limit, plot_out,
+                      _prices(stage_costs))
+    except StreamcascadeError as exc:
+        raise click.ClickException(str(exc)) from None
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2))
+    alone = result["llm_quality"]
+    click.echo(f"{result['dataset']}: {result['metric']} {result['quality']:.4f} (LLM alone "
+               f"{'n/a' if alone is None else format(alone, '.4f')}), LLM share "
+               f"{result['llm_call_fraction']:.3f}, relative cost {result['relative_cost']:.3f}"
+               f" -> {json_out}")
+
+
+def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: str | None,
+         task_name: str, labels: str | None, stages: str, mu: float | None,
+         target_llm_share: float | None, max_quality_loss: float | None,
+         sweep: tuple[list[dict[str, float]], list[float]] | None, feedback: str,
+         audit_rate: float | None, warmup: int | None, batch_size: int,
+         baseline_threshold: float, seed: int, shuffle: bool, limit: int | None,
+         plot_out: Path | None, prices: dict[str, float] | None = None) -> dict[str, Any]:
+    if batch_size < 1:
+        raise ConfigurationError("--batch-size must be at least 1")
+    rows = read_stream(dataset)
+    if shuffle:
+        random.Random(seed).shuffle(rows)
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise ConfigurationError(f"{dataset} holds no events")
+    task = _task(task_name, dataset, labels, rows)
+    llm = _llm(task, dataset, llm_name, llm_url, llm_model)
+    truth = rp.truth_of(rows, task)
+    alone = rp.llm_alone(rows, llm)
+    common: dict[str, Any] = {"audit_rate": audit_rate, "warmup": warmup,
+                              "stage_costs": prices or None}
+    config = _config(stages, seed, mu=mu, target_llm_share=target_llm_share,
+                     max_quality_loss=max_quality_loss, **common)
+
+    def learned(point: dict[str, Any]) -> Cascade:
+        return build_cascade(task, llm, _config(stages, seed, **point, **common))
+
+    def baseline(point: dict[str, Any]) -> Cascade:
+        return build_baseline(task, llm, _config(stages, seed, **common), point["threshold"])
+
+    main = _one(rows, task, build_cascade(task, llm, config), feedback, batch_size, "cascade")
+    rp.add_llm_alone(main, task, alone, truth)
+    base = _one(rows, task, baseline({"threshold": baseline_threshold}), feedback, batch_size,
+                f"baseline@{baseline_threshold}")
+    rp.add_llm_alone(base, task, alone, truth)
+    result: dict[str, Any] = {
+        "dataset": str(dataset), "task": task.name, "llm": llm.name, "feedback": feedback,
+        "seed": seed, "shuffle": shuffle, "limit": limit, "batch_size": batch_size,
+        "operating_point": dict(zip(("mode", "value"), config.operating_point(), strict=True)),
+        **_clean(main), "config": config.to_dict(),
+        "baseline": {"threshold": baseline_threshold, **_clean(base)},
+    }
+    if sweep is not None:
+        k = len(task.labels)
+        learned_points, confidence = sweep
+        curves = []
+        for name, make, points in (
+                ("learned", learned, learned_points),
+                ("baseline", baseline, [
+                    {"threshold": round(1 / k + (1 - 1 / k) * q, 4)} for q in confidence])):
+            runs = rp.sweep(rows, task, make, points, feedback=feedback,
+                            batch_size=batch_size, label=name)
+            curves.append([_clean(rp.add_llm_alone(r, task, alone, truth)) for r in runs])
+        learned_curve = [*curves[0], _clean(main) | {"point": {"default": True}}]
+        result["sweep"] = {"learned": learned_curve, "baseline": curves[1],
+                           "comparison": rp.dominance(learned_curve, curves[1])}
+        if plot_out is not None:
+            from streamcascade.report import plot_sweep
+
+            order = "shuffled" if shuffle else "stream order"
+            result["plot"] = str(plot_sweep(
+                plot_out, learned_curve, curves[1], llm_quality=main["llm_quality"],
+                metric=main["metric"], default_point=main,
+                title=f"{task.name}: {llm.name}, feedback {feedback}, {order}, seed {seed}"))
+    return result
+
+
+def _prices(pairs: tuple[str, ...]) -> dict[str, float]:
+    prices = {}
+    for pair in pairs:
+        name, _, price = pair.partition("=")
+        try:
+            prices[name.strip()] = float(price)
+        except ValueError:
+            raise ConfigurationError(f"--stage-cost takes NAME=PRICE, got {pair!r}") from None
+    return prices
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigurationError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _config(stages: str, seed: int, **overrides: Any) -> CascadeConfig:
+    config = CascadeConfig(stages=[s.strip() for s in stages.split(",") if s.strip()], seed=seed)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    config.validate()
+    return config
+
+
+def _llm(task: Task, dataset: Path, llm_name: str | None, llm_url: str | None,
+         llm_model: str | None) -> LLMBackend:
+    from streamcascade.settings import Settings
+
+    key = Settings().llm_api_key
+    return make_llm(task, recorded=llm_name, records_path=dataset, url=llm_url, model=llm_model,
+                    api_key=key.get_secret_value() if key else None)
+
+
+def _one(rows: list[Any], task: Task, cascade: Cascade, feedback: str, batch_size: int,
+         desc: str) -> dict[str, Any]:
+    return rp.replay(rows, task, cascade, feedback=feedback, batch_size=batch_size, progress=desc)

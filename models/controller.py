@@ -1,0 +1,227 @@
+"""The operating-point controller: turns a target a user understands into deferral thresholds.
+
+Every non-final stage answers an event when its policy's estimate of P(wrong) is at most the
+stage's threshold. Three ways to set the thresholds:
+
+``mu``
+    The paper's cost coefficient: answering costs its expected error, deferring costs ``mu`` times
+    the next stage's price, so the threshold is ``mu * cost_next`` (fixed). Quality against a raw
+    ``mu`` falls off cliffs whose place moves with the seed; it is kept for comparison.
+``llm_share``
+    The share of events that reach the LLM (audit calls included): the smallest shared threshold
+    whose share over the recent window of events is at most the target.
+``quality_loss``
+    The largest expected quality loss against the LLM, in the task metric's units (0.01 = one
+    point): the largest shared threshold whose expected loss over the recent window is at most
+    the target.
+
+Events are ranked by their expected loss against the LLM if the stage answers,
+``e = d * (w_other * (1 - q) - w_same * q)``, where ``d`` is the policy's probability that the
+stage disagrees with the LLM (scaled by the realised-over-predicted ratio of audited early
+answers, so an over-confident policy is corrected by what the audit sees), ``q`` the referee's
+probability that the stage is the one that is right when they disagree (learned from ground
+truth; 0, the cautious side, without it), and the ``w`` how many metric points one error costs on
+an event of the stage's predicted class or of another (1 for accuracy; for the F1 of a class they
+follow from the counts of true and false positives, see :meth:`error_weights`). Without ground
+truth ``e`` bounds the disagreement with the LLM; with it, ``e`` can be negative where the stage is
+likelier right than the LLM.
+
+The window holds the policies' *inputs* for recent events and re-scores them with the current
+policies at each solve, so the thresholds follow the stream (a stage that improves answers more)
+without lagging behind the policies' own learning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from streamcascade.models.policy import DeferralPolicy
+
+MODES = ("mu", "llm_share", "quality_loss")
+_COUNTS = ("audit_predicted", "audit_realised", "n_truth", "tp", "fp", "fn")
+#: Referee updates at which its estimate gets half its weight (it starts at "the LLM is right").
+_REFEREE_HALF_WEIGHT = 50.0
+#: A threshold no score is below: defer everything.
+_DEFER_ALL = -1e9
+
+
+class OperatingPointController:
+    """Thresholds on P(wrong), one per non-final stage, steered toward a target.
+
+    Parameters
+    ----------
+    policies, referees
+        Each non-final stage's deferral policy and referee (read, never trained, here).
+    mode, value
+        The target (see the module's docstring).
+    next_costs
+        For ``mu``: the price of the stage after each stage (the LLM's for the last).
+    audit_rate
+        Share of early answers also sent to the LLM (counted in ``llm_share``).
+    positive
+        The index of the class whose F1 is the metric, or ``None`` for accuracy.
+    window, every
+        Number of recent events the thresholds are solved over, and how often (in events).
+    """
+
+    def __init__(self, policies: list[DeferralPolicy], referees: list[DeferralPolicy],
+                 mode: str, value: float,
+                 next_costs: list[float], audit_rate: float = 0.0, positive: int | None = None,
+                 window: int = 1000, every: int = 20) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown operating mode {mode!r}; expected one of {MODES}")
+        self.policies = policies
+        self.referees = referees
+        n_stages = len(policies)
+        self.n_stages = n_stages
+        self.n_features = max((p.n_features for p in policies), default=0)
+        self.mode = mode
+        self.value = float(value)
+        self.next_costs = [float(c) for c in next_costs]
+        self.audit_rate = float(audit_rate)
+        self.positive = positive
+        self.window = int(window)
+        self.every = int(every)
+        self._x = np.full((self.window, n_stages, self.n_features), np.nan, dtype=np.float32)
+        self._pos = np.full(self.window, np.nan)
+        self._cursor = 0
+        self._filled = 0
+        self._since_solve = 0
+        # Exponentially decayed evidence from expert labels (see the observe_* methods).
+        self.counts = dict.fromkeys(_COUNTS, 0.0)
+        if mode == "mu":
+            self.thresholds = np.minimum(1.0, self.value * np.asarray(self.next_costs, float))
+        else:
+            self.thresholds = np.full(n_stages, _DEFER_ALL)  # until there is evidence
+
+    # -- observations -----------------------------------------------------------------------------
+
+    def observe(self, features: np.ndarray, positive_share: np.ndarray | None = None) -> None:
+        """Record the policies' inputs ``(n, n_stages, n_features)`` for answered events (``nan``
+        where a stage did not run)."""
+        for row in range(len(features)):
+            self._x[self._cursor] = features[row]
+            if positive_share is not None:
+                self._pos[self._cursor] = positive_share[row]
+            self._cursor = (self._cursor + 1) % self.window
+            self._filled = min(self._filled + 1, self.window)
+        self._since_solve += len(features)
+        if self.mode != "mu" and self._since_solve >= self.every:
+            self._since_solve = 0
+            self.thresholds = self._solve()
+
+    def _add(self, decay: float, **amounts: float) -> None:
+        """Decay the named counts (all of one kind of observation) and add the new amounts."""
+        for key, amount in amounts.items():
+            self.counts[key] = decay * self.counts[key] + amount
+
+    def observe_audit(self, predicted: float, disagreed: bool) -> None:
+        """An audited early answer: the predicted probability of disagreeing, and the outcome."""
+        self._add(0.995, audit_predicted=float(predicted), audit_realised=float(disagreed))
+
+    def observe_outcome(self, answer: int | None, truth: int) -> None:
+        """Ground truth for any answered event: the counts behind the F1's sensitivity."""
+        if self.positive is None:
+            return
+        said, true = answer == self.positive, truth == self.positive
+        self._add(0.999, n_truth=1.0, tp=float(said and true), fp=float(said and not true),
+                  fn=float(true and not said))
+
+    @property
+    def audit_ratio(self) -> float:
+        """Realised over predicted errors of audited early answers, shrunk toward 1."""
+        prior = 5.0
+        c = self.counts
+        ratio = (c["audit_realised"] + prior) / (c["audit_predicted"] + prior)
+        return float(np.clip(ratio, 0.5, 4.0))
+
+    def error_weights(self) -> tuple[float, float]:
+        """Metric points (times N) lost by one error on a positive / on a negative event.
+
+        For accuracy both are 1. For the F1 of the positive class, F1 = 2TP / D with
+        D = 2TP + FP + FN; turning a right answer wrong costs 2(TP+FP+FN)/D² on a positive event
+        and 2TP/D² on a negative one. Without ground truth the LLM stands for it (FP = FN = 0,
+        TP = the positive share π), and both weights are 1/(2π).
+        """
+        if self.positive is None:
+            return 1.0, 1.0
+        c = self.counts
+        if c["n_truth"] >= 50:
+            t, f, g = (c[k] / c["n_truth"] for k in ("tp", "fp", "fn"))
+            d = max(2 * t + f + g, 0.01)
+            return 2 * (t + f + g) / d**2, 2 * t / d**2
+        pos = self._pos[np.isfinite(self._pos)]
+        share = max(float(pos.mean()) if pos.size else 0.5, 0.02)
+        return 1.0 / (2 * share), 1.0 / (2 * share)
+
+    # -- solving ----------------------------------------------------------------------------------
+
+    def scores(self, j: int, features: np.ndarray) -> np.ndarray:
+        """Expected loss against the LLM if stage ``j`` answers, for each row of its policy's
+        inputs (with ``mu``: the policy's probability of disagreeing, as in the paper)."""
+        policy = self.policies[j]
+        d = policy.defer_proba_of(features)
+        if self.mode == "mu":
+            return d
+        referee = self.referees[j]
+        trust = referee.n_updates / (referee.n_updates + _REFEREE_HALF_WEIGHT)
+        q = trust * referee.defer_proba_of(features) if trust > 0 else np.zeros(len(d))
+        w_pos, w_neg = self.error_weights()
+        if self.positive is None:
+            w_same = w_other = np.full(len(d), w_pos)
+        else:
+            said_pos = policy.predicted_class(features) == self.positive
+            w_same = np.where(said_pos, w_pos, w_neg)  # the stage is right: truth is its class
+            w_other = np.where(said_pos, w_neg, w_pos)  # the LLM is right: truth is the other
+        return np.asarray(self.audit_ratio * d * (w_other * (1 - q) - w_same * q))
+
+    def _solve(self) -> np.ndarray:
+        if self._filled < 50:
+            return np.full(self.n_stages, _DEFER_ALL)
+        x = self._x[: self._filled]
+        e = np.full(x.shape[:2], np.nan)
+        for j in range(self.n_stages):
+            ran = np.isfinite(x[:, j, 0])
+            if ran.any():
+                width = self.policies[j].n_features
+                e[ran, j] = self.scores(j, x[ran, j, :width].astype(np.float64))
+        finite = e[np.isfinite(e)]
+        candidates = np.unique(np.concatenate(
+            [[_DEFER_ALL], np.quantile(finite, np.linspace(0, 1, 201))]))
+        e_inf = np.where(np.isfinite(e), e, np.inf)
+        # below[c, i, j]: stage j would answer event i under candidate threshold c.
+        below = e_inf[None, :, :] <= candidates[:, None, None]
+        first = below & (np.cumsum(below, axis=2) == 1)
+        deferred = ~below.any(axis=2)  # (C, M)
+        if self.mode == "llm_share":
+            share = deferred.mean(axis=1)
+            calls = share + (1 - share) * self.audit_rate
+            ok = np.flatnonzero(calls <= self.value)
+            best = candidates[ok[0]] if ok.size else candidates[-1]
+        else:
+            loss = (first * np.where(np.isfinite(e), e, 0.0)[None]).sum(axis=(1, 2)) / len(e)
+            ok = np.flatnonzero(loss <= self.value)
+            best = candidates[ok[-1]] if ok.size else _DEFER_ALL
+        return np.full(self.n_stages, float(best))
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        return {"cursor": self._cursor, "filled": self._filled, "since": self._since_solve,
+                "counts": dict(self.counts),
+                "thresholds": [float(t) for t in self.thresholds]}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"window_x": self._x, "window_pos": self._pos}
+
+    def load(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        x, pos = arrays["window_x"], arrays["window_pos"]
+        if x.shape != self._x.shape or pos.shape != self._pos.shape:
+            raise ValueError("controller window has another shape")
+        self._x, self._pos = x.astype(np.float32), pos.astype(np.float64)
+        self._cursor, self._filled = int(meta["cursor"]), int(meta["filled"])
+        self._since_solve = int(meta["since"])
+        self.counts = {key: float(meta["counts"][key]) for key in _COUNTS}
+        self.thresholds = np.asarray(meta["thresholds"], dtype=np.float64).reshape(self.n_stages)

@@ -1,0 +1,180 @@
+"""Replay a labelled stream through a cascade, in process, as a stream, and score it.
+
+Each micro-batch is answered before the next is seen, and learning uses only what the operator
+would have by then: the LLM's answers to the events it was asked about (``feedback="llm"``, the
+paper's setting), the ground-truth labels of the events already answered (``"ground_truth"``, as
+if they arrived on a feedback topic), or both. Ground truth always scores the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from streamcascade.errors import ConfigurationError
+from streamcascade.models.cascade import Cascade
+from streamcascade.models.datasets import StreamRow
+from streamcascade.models.metrics import accuracy, macro_f1, task_metric
+from streamcascade.models.tasks import Task
+from streamcascade.models.types import SOURCE_GROUND_TRUTH, Decision, Demonstration, Event
+
+FEEDBACK_MODES = ("llm", "ground_truth", "both")
+
+
+def truth_of(rows: Sequence[StreamRow], task: Task) -> list[int]:
+    """The label index of every row; a clear error if a row has no label or an unknown one."""
+    out = []
+    for row in rows:
+        if row.label is None:
+            raise ConfigurationError(f"row {row.id} has no label; a replay is scored on labels")
+        out.append(task.labels.index(row.label))
+    return out
+
+
+def llm_alone(rows: Sequence[StreamRow], llm: Any) -> list[int | None] | None:
+    """The LLM's own answers to every row, when it can give them without calls (recorded)."""
+    if not hasattr(llm, "answer_now"):
+        return None
+    return [llm.answer_now(row.id).label for row in rows]
+
+
+async def replay_async(rows: Sequence[StreamRow], task: Task, cascade: Cascade, *,
+                       feedback: str = "llm", batch_size: int = 1,
+                       progress: bool | str = True) -> dict[str, Any]:
+    """Run ``rows`` through ``cascade`` and return the replay's figures (without LLM-alone ones)."""
+    if feedback not in FEEDBACK_MODES:
+        raise ConfigurationError(f"feedback must be one of {FEEDBACK_MODES}, got {feedback!r}")
+    truth = truth_of(rows, task)
+    decisions: list[Decision] = []
+    bar = tqdm(total=len(rows), desc=progress if isinstance(progress, str) else "replay",
+               disable=not progress, unit="ev", mininterval=0.5, leave=False)
+    start = time.perf_counter()
+    for lo in range(0, len(rows), batch_size):
+        batch = rows[lo:lo + batch_size]
+        events = [Event(r.id, r.text) for r in batch]
+        decisions.extend(await cascade.answer(events))
+        demos: list[Demonstration] = cascade.take_demonstrations() if feedback != "ground_truth" \
+            else []
+        if feedback != "llm":
+            cascade.take_demonstrations()
+            demos += [Demonstration(e, truth[lo + i], SOURCE_GROUND_TRUTH)
+                      for i, e in enumerate(events)]
+        cascade.learn(demos)
+        bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - start
+    return score(decisions, truth, task, cascade, seconds)
+
+
+def replay(rows: Sequence[StreamRow], task: Task, cascade: Cascade,
+           **kwargs: Any) -> dict[str, Any]:
+    """Synchronous :func:`replay_async`."""
+    return asyncio.run(replay_async(rows, task, cascade, **kwargs))
+
+
+def score(decisions: Sequence[Decision], truth: Sequence[int], task: Task, cascade: Cascade,
+          seconds: float) -> dict[str, Any]:
+    """The figures of a finished replay."""
+    n = len(decisions)
+    s = len(cascade.stages)
+    predicted = [d.label_index for d in decisions]
+    positive = task.labels.index(task.positive_label) if task.positive_label else None
+    at_llm = np.array([d.stage_index == s for d in decisions])
+    audited = np.array([any(p.endswith(":audit") for p in d.path) for d in decisions])
+    llm_cost_all = n * cascade.llm_cost
+    early = [i for i in range(n) if not at_llm[i]]
+    stages: dict[str, Any] = {}
+    for j, stage in enumerate(cascade.stages):
+        stats: dict[str, Any] = {"share": float(np.mean([d.stage_index == j for d in decisions])),
+                                 "cost_per_event": stage.cost}
+        for attr in ("predict_seconds", "learn_seconds", "n_predicted", "n_learned"):
+            if hasattr(stage, attr):
+                stats[attr] = getattr(stage, attr)
+        if stats.get("predict_seconds"):
+            stats["predict_events_per_s"] = stats["n_predicted"] / stats["predict_seconds"]
+        if stats.get("learn_seconds"):
+            stats["learn_events_per_s"] = stats["n_learned"] / stats["learn_seconds"]
+        stages[stage.name] = stats
+    stages[cascade.llm.name] = {"share": float(at_llm.mean()) if n else 0.0,
+                                "cost_per_event": cascade.llm_cost}
+    return {
+        "n": n,
+        "metric": task.metric if task.metric == "accuracy" else f"f1[{task.positive_label}]",
+        "quality": task_metric(task.metric, predicted, truth, positive),
+        "accuracy": accuracy(predicted, truth),
+        "macro_f1": macro_f1(predicted, truth, len(task.labels)),
+        "llm_fraction": float(at_llm.mean()) if n else 0.0,
+        "llm_call_fraction": float((at_llm | audited).mean()) if n else 0.0,
+        "audit_fraction": float(audited.mean()) if n else 0.0,
+        "relative_cost": float(sum(d.cost for d in decisions) / llm_cost_all) if n else 0.0,
+        "early_answer_accuracy": accuracy([predicted[i] for i in early],
+                                          [truth[i] for i in early]) if early else None,
+        "unanswered": sum(p is None for p in predicted),
+        "stages": stages,
+        "final_thresholds": [float(t) for t in cascade.controller.thresholds],
+        "seconds": seconds,
+        "_early_labels": {i: predicted[i] for i in early},
+        "events_per_s": n / seconds if seconds else None,
+    }
+
+
+def add_llm_alone(result: dict[str, Any], task: Task, llm_answers: Sequence[int | None] | None,
+                  truth: Sequence[int]) -> dict[str, Any]:
+    """Add the LLM-alone figures on the same events (an unparsed answer is wrong)."""
+    if llm_answers is None:
+        result.update(llm_quality=None, llm_accuracy=None, quality_vs_llm=None)
+        return result
+    positive = task.labels.index(task.positive_label) if task.positive_label else None
+    result["llm_quality"] = task_metric(task.metric, llm_answers, truth, positive)
+    result["llm_accuracy"] = accuracy(llm_answers, truth)
+    result["quality_vs_llm"] = result["quality"] - result["llm_quality"]
+    # The controller's own guarantee: early answers that differ from what the LLM would have said.
+    early = result.get("_early_labels") or {}
+    result["disagreement_with_llm"] = (
+        sum(label != llm_answers[i] for i, label in early.items()) / len(truth) if truth else 0.0)
+    return result
+
+
+def sweep(rows: Sequence[StreamRow], task: Task, make: Callable[[dict[str, Any]], Cascade],
+          points: Sequence[dict[str, Any]], *, feedback: str, batch_size: int = 1,
+          progress: bool = True, label: str = "sweep") -> list[dict[str, Any]]:
+    """One replay per operating point; ``make(point)`` builds a fresh cascade for each."""
+    out = []
+    for point in points:
+        cascade = make(point)
+        desc = f"{label} {point}" if progress else False
+        result = replay(rows, task, cascade, feedback=feedback, batch_size=batch_size,
+                        progress=desc)
+        result["point"] = point
+        out.append(result)
+    return out
+
+
+def dominance(learned: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]],
+              tolerance: float = 0.0) -> dict[str, Any]:
+    """Compare the learned curve with the baseline's at each learned point's LLM share.
+
+    The baseline's quality at a share is interpolated between its two nearest points (its curve is
+    made monotone first: a higher LLM share can always reproduce a lower one's quality by routing
+    fewer events, so the upper envelope is the fair baseline). Only shares inside the baseline's
+    range are compared.
+    """
+    base = sorted((b["llm_call_fraction"], b["quality"]) for b in baseline)
+    xs = np.array([x for x, _ in base])
+    ys = np.maximum.accumulate(np.array([y for _, y in base]))
+    gaps = []
+    for point in learned:
+        x = point["llm_call_fraction"]
+        if xs.size == 0 or x < xs[0] or x > xs[-1]:
+            continue
+        gaps.append({"llm_call_fraction": x, "learned": point["quality"],
+                     "baseline": float(np.interp(x, xs, ys)),
+                     "gap": point["quality"] - float(np.interp(x, xs, ys))})
+    return {"compared": len(gaps), "learned_at_least_baseline": all(
+        g["gap"] >= -tolerance for g in gaps), "min_gap": min((g["gap"] for g in gaps),
+                                                              default=None), "points": gaps}

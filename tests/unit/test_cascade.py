@@ -1,0 +1,185 @@
+"""The cascade: routing, warm-up, audits, operating points, and its state as bytes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cascade_streams import sentiment_stream, write_stream
+
+from streamcascade.errors import ConfigurationError, ModelStateError
+from streamcascade.models.baseline import build_baseline
+from streamcascade.models.cascade import CascadeConfig, build_cascade
+from streamcascade.models.datasets import StreamRow, read_stream
+from streamcascade.models.llm.recorded import RecordedLLM
+from streamcascade.models.replay import replay
+from streamcascade.models.tasks import TASKS
+from streamcascade.models.types import SOURCE_AUDIT, SOURCE_LLM, Demonstration, Event
+
+TASK = TASKS["imdb"]
+
+
+@pytest.fixture
+def stream(tmp_path: Path) -> tuple[RecordedLLM, list[StreamRow]]:
+    path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(1200, hard_share=0.2, seed=5))
+    return RecordedLLM(path, "oracle", TASK), read_stream(path)
+
+
+def events(rows: list[StreamRow]) -> list[Event]:
+    return [Event(r.id, r.text) for r in rows]
+
+
+def test_warm_up_sends_everything_to_the_llm(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    cascade = build_cascade(TASK, llm, CascadeConfig(warmup=50))
+    for row in rows[:50]:
+        (decision,) = asyncio.run(cascade.answer(events([row])))
+        assert decision.stage == "oracle" and decision.path == ["river", "oracle"]
+        assert decision.cost == pytest.approx(cascade.stages[0].cost + 1182.0)
+        assert decision.label == row.label
+        demos = cascade.take_demonstrations()
+        assert [(d.event.id, d.source) for d in demos] == [(row.id, SOURCE_LLM)]
+        cascade.learn(demos)
+    assert not cascade.learner.warming_up
+    assert cascade.version == 50
+
+
+def test_learns_to_answer_early_and_audits(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    cascade = build_cascade(TASK, llm, CascadeConfig(audit_rate=0.2))
+    result = replay(rows, TASK, cascade, progress=False)
+    assert result["llm_fraction"] < 0.6
+    assert result["quality"] > 0.85
+    assert 0 < result["audit_fraction"] < 0.2
+    decisions = asyncio.run(cascade.answer(events(rows[:200])))
+    audited = [d for d in decisions if d.path[-1] == "oracle:audit"]
+    assert audited and all(d.stage == "river" for d in audited)
+    sources = {d.event.id: d.source for d in cascade.take_demonstrations()}
+    assert all(sources[d.event_id] == SOURCE_AUDIT for d in audited)
+
+
+def test_decisions_name_the_answering_stage(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    cascade = build_cascade(TASK, llm, CascadeConfig())
+    replay(rows[:600], TASK, cascade, progress=False)
+    for d in asyncio.run(cascade.answer(events(rows[600:700]))):
+        assert d.label in TASK.labels.names and d.label_index == TASK.labels.index(d.label)
+        assert d.model_version == cascade.version
+        if d.stage == "river":
+            assert d.stage_index == 0 and 0.5 <= d.confidence <= 1.0
+        else:
+            assert d.stage_index == 1 and d.path[-1] == "oracle"
+
+
+def test_state_round_trips_with_identical_decisions(
+        stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    config = CascadeConfig(seed=3)
+    first = build_cascade(TASK, llm, config)
+    replay(rows[:700], TASK, first, progress=False)
+    second = build_cascade(TASK, llm, CascadeConfig(seed=99))
+    second.load_state(first.state_bytes())
+    assert second.version == first.version
+    later = events(rows[700:900])
+    a = asyncio.run(first.answer(later))
+    b = asyncio.run(second.answer(later))
+    assert [(d.label, d.stage, d.path, d.confidence) for d in a] == [
+        (d.label, d.stage, d.path, d.confidence) for d in b]
+    assert np.array_equal(first.controller.thresholds, second.controller.thresholds)
+
+
+def test_corrupt_or_foreign_state_is_refused(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    cascade = build_cascade(TASK, llm, CascadeConfig())
+    replay(rows[:150], TASK, cascade, progress=False)
+    data = cascade.state_bytes()
+    fresh = build_cascade(TASK, llm, CascadeConfig())
+    for bad in (b"", data[:-5], b"garbage" + data, bytes(len(data))):
+        with pytest.raises(ModelStateError):
+            fresh.load_state(bad)
+
+
+def test_state_of_another_task_is_refused(tmp_path: Path,
+                                          stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, _ = stream
+    imdb = build_cascade(TASK, llm, CascadeConfig())
+    path = write_stream(tmp_path / "hatespeech.jsonl", [
+        {"id": 0, "text": "x", "label": "hate", "llm": {"oracle": "yes"}}])
+    hate_llm = RecordedLLM(path, "oracle", TASKS["hatespeech"])
+    hate = build_cascade(TASKS["hatespeech"], hate_llm, CascadeConfig())
+    with pytest.raises(ModelStateError, match="task"):
+        hate.load_state(imdb.state_bytes())
+
+
+def test_target_llm_share_is_tracked(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    cascade = build_cascade(TASK, llm, CascadeConfig(target_llm_share=0.5, warmup=50))
+    result = replay(rows + rows[:0], TASK, cascade, progress=False)
+    assert abs(result["llm_call_fraction"] - 0.5) < 0.1
+
+
+def test_mu_sets_a_fixed_threshold(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, _ = stream
+    cascade = build_cascade(TASK, llm, CascadeConfig(mu=1e-4))
+    assert cascade.controller.thresholds.tolist() == [pytest.approx(0.1182)]
+    assert build_cascade(TASK, llm, CascadeConfig(mu=1.0)).controller.thresholds.tolist() == [1.0]
+
+
+def test_config_is_validated(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, _ = stream
+    with pytest.raises(ConfigurationError, match="one operating point"):
+        build_cascade(TASK, llm, CascadeConfig(mu=0.1, target_llm_share=0.3))
+    with pytest.raises(ConfigurationError):
+        build_cascade(TASK, llm, CascadeConfig(target_llm_share=1.5))
+    with pytest.raises(ConfigurationError, match="not in the cascade"):
+        build_cascade(TASK, llm, CascadeConfig(), onnx={"model": "x"})
+    assert CascadeConfig().operating_point() == ("quality_loss", 0.01)
+    config = CascadeConfig(target_llm_share=0.3)
+    assert CascadeConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigurationError, match="unknown"):
+        CascadeConfig.from_dict({"colour": 1})
+
+
+def test_bad_demonstration_is_refused(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, _ = stream
+    cascade = build_cascade(TASK, llm, CascadeConfig())
+    with pytest.raises(ValueError):
+        cascade.learn([Demonstration(Event("x", "text"), 5)])
+
+
+def test_learning_without_an_answer_record(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    """Feedback for an event this worker never answered (another worker did) still teaches."""
+    llm, rows = stream
+    cascade = build_cascade(TASK, llm, CascadeConfig())
+    cascade.learn([Demonstration(Event(r.id, r.text), TASK.labels.index(str(r.label)),
+                                 "ground_truth") for r in rows[:100]])
+    assert cascade.learner.n_learned == 100 and cascade.version == 1
+    assert cascade.stages[0].n_learned == 100
+
+
+def test_baseline_answers_by_confidence(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    never = build_baseline(TASK, llm, CascadeConfig(), threshold=1.01)
+    always = build_baseline(TASK, llm, CascadeConfig(warmup=0), threshold=0.0)
+    assert replay(rows[:300], TASK, never, progress=False)["llm_fraction"] == 1.0
+    result = replay(rows[:300], TASK, always, progress=False)
+    assert result["llm_fraction"] == 0.0 and result["audit_fraction"] == 0.0
+
+
+def test_a_bad_part_leaves_the_state_untouched(
+        stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    from streamcascade.models.state import pack_state, unpack_state
+
+    llm, rows = stream
+    donor = build_cascade(TASK, llm, CascadeConfig(seed=1))
+    replay(rows[:300], TASK, donor, progress=False)
+    meta, arrays = unpack_state(donor.state_bytes())
+    del arrays["policy0_mean_weights"]  # the stage part is fine, a later part is missing
+    target = build_cascade(TASK, llm, CascadeConfig(seed=2))
+    replay(rows[300:500], TASK, target, progress=False)
+    before = target.state_bytes()
+    with pytest.raises(ModelStateError, match="malformed"):
+        target.load_state(pack_state(meta, arrays))
+    assert target.state_bytes() == before

@@ -1,0 +1,93 @@
+"""The recorded LLM backend: real rows of the shared streams, parsed as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from pathlib import Path
+
+import pytest
+from cascade_streams import sentiment_stream, write_stream
+
+from streamcascade.errors import ConfigurationError
+from streamcascade.models.datasets import read_stream
+from streamcascade.models.llm.base import LLMBackend
+from streamcascade.models.llm.factory import make_llm
+from streamcascade.models.llm.recorded import RecordedLLM
+from streamcascade.models.tasks import TASKS
+from streamcascade.models.types import Event
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+GPT = "gpt-3.5-turbo-1106"
+
+
+def shared(name: str) -> Path:
+    path = SHARED / f"{name}.jsonl.gz"
+    if not path.is_file():  # the shared streams live beside the checkout, not in it
+        pytest.fail(f"shared stream missing: {path}")
+    return path
+
+
+@functools.cache
+def correct_and_unparsed(name: str, llm_name: str) -> tuple[int, int, int]:
+    task = TASKS[name]
+    path = shared(name)
+    llm = RecordedLLM(path, llm_name, task)
+    rows = read_stream(path)
+    answers = [llm.answer_now(r.id) for r in rows]
+    correct = sum(a.label == task.labels.index(str(r.label)) for a, r in zip(answers, rows,
+                                                                              strict=True))
+    return correct, sum(a.label is None for a in answers), len(rows)
+
+
+@pytest.mark.parametrize(("name", "correct", "total"), [
+    ("hatespeech", 8920, 10703), ("isear", 5393, 7666), ("imdb", 23538, 25000)])
+def test_gpt_accuracy_matches_the_datasets_readme(name: str, correct: int, total: int) -> None:
+    got, _, n = correct_and_unparsed(name, GPT)
+    assert (got, n) == (correct, total)
+
+
+def test_hatespeech_gpt_accuracy_is_the_papers() -> None:
+    got, _, n = correct_and_unparsed("hatespeech", GPT)
+    assert round(got / n, 4) == 0.8334
+
+
+def test_llama_unparsed_answers_are_no_answers() -> None:
+    got, unparsed, n = correct_and_unparsed("isear", "llama-2-70b-chat")
+    assert unparsed == 241
+    assert round(got / n, 4) == 0.6824
+
+
+def test_answers_in_order_with_the_llms_cost(tmp_path: Path) -> None:
+    path = write_stream(tmp_path / "s.jsonl", sentiment_stream(5))
+    llm = RecordedLLM(path, "oracle", TASKS["imdb"])
+    assert isinstance(llm, LLMBackend)
+    answers = asyncio.run(llm.answer([Event("3", "x"), Event("1", "y")]))
+    rows = read_stream(path)
+    assert [a.label for a in answers] == [TASKS["imdb"].labels.index(str(rows[i].label))
+                                          for i in (3, 1)]
+    assert all(a.cost == 1182.0 and a.error is None for a in answers)
+    assert RecordedLLM(path, "oracle", TASKS["imdb"], cost=7).cost == 7
+
+
+def test_unparsable_and_missing_answers_are_no_answers(tmp_path: Path) -> None:
+    path = write_stream(tmp_path / "s.jsonl", sentiment_stream(3))
+    llm = RecordedLLM(path, "broken", TASKS["imdb"])
+    unparsable, missing = asyncio.run(llm.answer([Event("0", "x"), Event("99", "y")]))
+    assert unparsable.label is None and "names none" in str(unparsable.error)
+    assert unparsable.raw == "no idea"
+    assert missing.label is None and "no recorded answer" in str(missing.error)
+
+
+def test_factory_and_errors(tmp_path: Path) -> None:
+    path = write_stream(tmp_path / "s.jsonl", sentiment_stream(3))
+    llm = make_llm(TASKS["imdb"], recorded="oracle", records_path=path)
+    assert isinstance(llm, RecordedLLM) and llm.name == "oracle"
+    with pytest.raises(ConfigurationError, match="no recorded answers"):
+        RecordedLLM(path, "gpt-9", TASKS["imdb"])
+    with pytest.raises(ConfigurationError, match="not found"):
+        RecordedLLM(tmp_path / "none.jsonl", "oracle", TASKS["imdb"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 0, "text": "a"}\n{"id": 1\n')
+    with pytest.raises(ConfigurationError, match="line 2"):
+        read_stream(bad)

@@ -1,0 +1,133 @@
+"""The replay: a stream answered event by event, learned from honestly, scored, and swept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cascade_streams import sentiment_stream, write_stream
+from click.testing import CliRunner
+
+from streamcascade.cli import cli
+from streamcascade.models.cascade import CascadeConfig, build_cascade
+from streamcascade.models.datasets import read_stream
+from streamcascade.models.llm.recorded import RecordedLLM
+from streamcascade.models.replay import dominance, replay
+from streamcascade.models.stages.river_text import RiverTextStage
+from streamcascade.models.tasks import TASKS
+
+TASK = TASKS["imdb"]
+
+
+class SpyStage(RiverTextStage):
+    """A real River stage that records the order of its calls."""
+
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        super().__init__(TASK.labels)
+        self.log = log
+
+    def predict_proba(self, texts):  # type: ignore[no-untyped-def]
+        self.log.extend(("predict", t) for t in texts)
+        return super().predict_proba(texts)
+
+    def learn(self, texts, targets):  # type: ignore[no-untyped-def]
+        self.log.extend(("learn", t) for t in texts)
+        super().learn(texts, targets)
+
+
+@pytest.mark.parametrize("feedback", ["llm", "ground_truth", "both"])
+def test_no_event_is_learned_before_it_is_answered(tmp_path: Path, feedback: str) -> None:
+    rows = sentiment_stream(300, seed=2)
+    path = write_stream(tmp_path / "imdb.jsonl", rows)
+    log: list[tuple[str, str]] = []
+    from streamcascade.models.cascade import Cascade
+
+    cascade = Cascade(TASK, [SpyStage(log)], RecordedLLM(path, "oracle", TASK), CascadeConfig())
+    replay(read_stream(path), TASK, cascade, feedback=feedback, batch_size=4, progress=False)
+    first_predict = {}
+    for i, (kind, text) in enumerate(log):
+        if kind == "predict":
+            first_predict.setdefault(text, i)
+        else:
+            assert text in first_predict and first_predict[text] < i
+    learned = sum(kind == "learn" for kind, _ in log)
+    if feedback == "llm":
+        assert learned < len(rows)  # only events the LLM answered (or audited) teach
+    else:
+        assert learned >= len(rows)  # every event's label arrives after it is answered
+
+
+def test_scores_against_ground_truth(tmp_path: Path) -> None:
+    rows = sentiment_stream(800, hard_share=0.2, seed=4)
+    path = write_stream(tmp_path / "imdb.jsonl", rows)
+    llm = RecordedLLM(path, "oracle", TASK)
+    result = replay(read_stream(path), TASK, build_cascade(TASK, llm, CascadeConfig()),
+                    progress=False)
+    assert result["n"] == 800 and result["metric"] == "accuracy"
+    assert 0 < result["llm_fraction"] < 1
+    shares = sum(s["share"] for s in result["stages"].values())
+    assert shares == pytest.approx(1.0)
+    assert result["relative_cost"] == pytest.approx(
+        result["llm_call_fraction"] + result["stages"]["river"]["cost_per_event"] / 1182, abs=1e-6)
+    assert result["stages"]["river"]["predict_events_per_s"] > 0
+
+
+def test_dominance_compares_within_the_baselines_range() -> None:
+    base = [{"llm_call_fraction": 0.2, "quality": 0.8}, {"llm_call_fraction": 0.6, "quality": 0.9}]
+    good = [{"llm_call_fraction": 0.4, "quality": 0.86}, {"llm_call_fraction": 0.9, "quality": 1}]
+    bad = [{"llm_call_fraction": 0.4, "quality": 0.84}]
+    assert dominance(good, base)["learned_at_least_baseline"]
+    assert dominance(good, base)["compared"] == 1
+    assert not dominance(bad, base)["learned_at_least_baseline"]
+
+
+def test_cli_replay_with_sweep_and_plot(tmp_path: Path) -> None:
+    path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(400, hard_share=0.2, seed=6))
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    result = CliRunner().invoke(cli, [
+        "replay", "--dataset", str(path), "--llm", "oracle", "--sweep", "--json", str(out),
+        "--plot", str(png), "--limit", "300", "--shuffle", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    for key in ("dataset", "n", "metric", "quality", "llm_quality", "accuracy", "macro_f1",
+                "llm_fraction", "relative_cost", "stages", "config", "seed", "baseline"):
+        assert key in data
+    assert data["n"] == 300 and data["seed"] == 3 and data["llm_quality"] == 1.0
+    assert data["config"]["stages"] == ["river"]
+    assert len(data["sweep"]["learned"]) == 8 and len(data["sweep"]["baseline"]) == 9
+    assert "learned_at_least_baseline" in data["sweep"]["comparison"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_generic_task_and_errors(tmp_path: Path) -> None:
+    rows = [{"id": i, "text": f"{w} thing", "label": w, "llm": {"m": w}}
+            for i, w in enumerate(["red", "blue", "green"] * 40)]
+    path = write_stream(tmp_path / "colours.jsonl", rows)
+    out = tmp_path / "c.json"
+    ok = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "m", "--json",
+                                  str(out), "--target-llm-share", "0.5"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(out.read_text())["task"] == "colours"
+    bad = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "m", "--json",
+                                   str(out), "--mu", "0.1", "--target-llm-share", "0.5"])
+    assert bad.exit_code != 0 and "one operating point" in bad.output
+    missing = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "nope",
+                                       "--json", str(out)])
+    assert missing.exit_code != 0 and "no recorded answers" in missing.output
+
+
+def test_cli_prices_stages(tmp_path: Path) -> None:
+    path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(200, seed=8))
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(cli, [
+        "replay", "--dataset", str(path), "--llm", "oracle", "--json", str(out),
+        "--stage-cost", "oracle=10", "--stage-cost", "river=1"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["stages"]["river"]["cost_per_event"] == 1.0
+    # every event runs the river stage (1) and a share of them the LLM (10), over 10 per event
+    assert data["relative_cost"] == pytest.approx(data["llm_call_fraction"] + 0.1)
+    bad = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "oracle",
+                                   "--json", str(out), "--stage-cost", "river"])
+    assert bad.exit_code != 0 and "NAME=PRICE" in bad.output

@@ -1,0 +1,139 @@
+"""The River text stage: learns online, fits nothing in advance, round-trips its state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cascade_streams import sentiment_stream
+
+from streamcascade.errors import ConfigurationError, ModelStateError
+from streamcascade.models.stages.registry import make_stage, register_stage, stage_names
+from streamcascade.models.stages.river_text import RiverTextStage
+from streamcascade.models.tasks import TASKS
+from streamcascade.models.types import LabelSet
+
+LABELS = LabelSet(("negative", "positive"))
+
+
+def trained(n: int = 400, **options: object) -> tuple[RiverTextStage, list[dict[str, object]]]:
+    stage = RiverTextStage(LABELS, **options)  # type: ignore[arg-type]
+    rows = sentiment_stream(n, hard_share=0.0)
+    for row in rows:
+        stage.learn([str(row["text"])], [LABELS.index(str(row["label"]))])
+    return stage, rows
+
+
+def test_fresh_stage_knows_nothing() -> None:
+    stage = RiverTextStage(LABELS)
+    proba = stage.predict_proba(["a great film", "an awful film"])
+    assert proba.shape == (2, 2)
+    assert np.allclose(proba, 0.5)
+    assert stage.n_docs == 0 and not stage.doc_freq.any() and not stage.weights.any()
+
+
+def test_learns_a_separable_stream_online() -> None:
+    stage = RiverTextStage(LABELS)
+    rows = sentiment_stream(600, hard_share=0.0, seed=1)
+    correct = 0
+    for i, row in enumerate(rows):
+        target = LABELS.index(str(row["label"]))
+        if i >= 300:  # prequential: predict before learning
+            correct += int(stage.predict_proba([str(row["text"])])[0].argmax() == target)
+        stage.learn([str(row["text"])], [target])
+    assert correct / 300 > 0.95
+
+
+def test_multiclass() -> None:
+    labels = LabelSet(("a", "b", "c"))
+    stage = RiverTextStage(labels, n_features=2**12)
+    words = {"a": "apple", "b": "banana", "c": "cherry"}
+    for _ in range(30):
+        for name, word in words.items():
+            stage.learn([f"I ate a {word} today"], [labels.index(name)])
+    proba = stage.predict_proba([f"a {w}" for w in words.values()])
+    assert proba.argmax(axis=1).tolist() == [0, 1, 2]
+    assert np.allclose(proba.sum(axis=1), 1.0)
+
+
+def test_idf_counts_only_learned_texts() -> None:
+    """No vocabulary or IDF comes from events the stage has not learned from."""
+    stage = RiverTextStage(LABELS, n_features=2**20)
+    seen = "the plot was wonderful and the cast superb"
+    unseen = "zygomorphic quokkas perambulate"
+    stage.predict_proba([seen, unseen])  # predicting never learns
+    assert not stage.doc_freq.any()
+    stage.learn([seen], [1])
+    seen_buckets = set(stage.token_buckets(seen).tolist())
+    only_unseen = [b for b in stage.token_buckets(unseen).tolist() if b not in seen_buckets]
+    assert only_unseen, "hash collision in the test's texts"
+    assert (stage.doc_freq[only_unseen] == 0).all()
+    assert (stage.doc_freq[sorted(seen_buckets)] == 1).all()
+    assert stage.n_docs == 1
+
+
+def test_predict_does_not_change_state() -> None:
+    stage, rows = trained(100)
+    before = stage.state_bytes()
+    stage.predict_proba([str(r["text"]) for r in rows[:20]] + ["brand new words here"])
+    assert stage.state_bytes() == before
+
+
+def test_state_round_trip_gives_identical_predictions() -> None:
+    stage, rows = trained(300)
+    texts = [str(r["text"]) for r in rows[:50]] + ["never seen before words"]
+    copy = RiverTextStage(LABELS)
+    copy.load_state(stage.state_bytes())
+    assert np.array_equal(stage.predict_proba(texts), copy.predict_proba(texts))
+    # and it keeps learning the same way
+    stage.learn(texts[:5], [0, 1, 0, 1, 0])
+    copy.learn(texts[:5], [0, 1, 0, 1, 0])
+    assert np.array_equal(stage.predict_proba(texts), copy.predict_proba(texts))
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda b: b[:-7],
+    lambda b: b"not state at all",
+    lambda b: b[:10] + bytes([b[10] ^ 0xFF]) + b[11:],
+])
+def test_corrupt_state_is_refused(mangle: object) -> None:
+    stage, _ = trained(50)
+    data = mangle(stage.state_bytes())  # type: ignore[operator]
+    fresh = RiverTextStage(LABELS)
+    with pytest.raises(ModelStateError):
+        fresh.load_state(data)
+
+
+def test_state_of_another_shape_is_refused() -> None:
+    stage, _ = trained(50)
+    with pytest.raises(ModelStateError, match="n_features"):
+        RiverTextStage(LABELS, n_features=2**10).load_state(stage.state_bytes())
+    with pytest.raises(ModelStateError, match="labels"):
+        RiverTextStage(LabelSet(("x", "y"))).load_state(stage.state_bytes())
+
+
+def test_bad_input_is_refused() -> None:
+    stage = RiverTextStage(LABELS)
+    with pytest.raises(ValueError):
+        stage.learn(["a"], [2])
+    with pytest.raises(ValueError):
+        stage.learn(["a", "b"], [0])
+    with pytest.raises(ConfigurationError):
+        RiverTextStage(LABELS, n_features=4)
+
+
+def test_registry_builds_and_extends() -> None:
+    stage = make_stage("river", TASKS["isear"], n_features=2**10)
+    assert stage.name == "river" and len(stage.labels) == 7
+    assert stage.cost < 0.1  # a hashed linear model is far cheaper than BERT-base
+    with pytest.raises(ConfigurationError, match="unknown stage"):
+        make_stage("nope", TASKS["imdb"])
+    with pytest.raises(ConfigurationError, match="bad options"):
+        make_stage("river", TASKS["imdb"], colour="blue")
+    from streamcascade.models.stages import registry
+
+    register_stage("river2", lambda task, **o: RiverTextStage(task.labels, name="river2", **o))
+    try:
+        assert "river2" in stage_names()
+        assert make_stage("river2", TASKS["imdb"]).name == "river2"
+    finally:
+        registry._FACTORIES.pop("river2")
