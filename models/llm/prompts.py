@@ -8,7 +8,7 @@ label ``i``.
 Three ways to constrain the answer, chosen by the client's ``constrain`` option:
 
 ``"json_schema"``
-    The OpenAI ``response_format`` with a JSON schema whose ``label`` is an enum of the answer words.
+    The OpenAI ``response_format``, a JSON schema whose ``label`` is an enum of the answer words.
     Understood by OpenAI, vLLM, llama.cpp's server and Ollama.
 ``"grammar"``
     A GBNF grammar (llama.cpp's ``grammar`` request field) that admits only the bare answer words:
@@ -79,7 +79,10 @@ class PromptTemplate:
             text = text[: self.max_text_chars] + " [...]"
         system = _SYSTEM_JSON if self.constrain == "json_schema" else _SYSTEM
         return [
-            {"role": "system", "content": system.format(question=self.task.question, choices=self.choices)},
+            {
+                "role": "system",
+                "content": system.format(question=self.task.question, choices=self.choices),
+            },
             {"role": "user", "content": _USER.format(text=text)},
         ]
 

@@ -1,0 +1,173 @@
+"""Retry timing and a circuit breaker for calls to a remote LLM server.
+
+Kept free of I/O so that the rules can be tested with a clock in hand: :func:`backoff_delay` says
+how long to wait before the next attempt, :func:`parse_retry_after` reads a server's
+``Retry-After``, and :class:`CircuitBreaker` decides whether a call may go out at all.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+
+CLOSED = "closed"
+OPEN = "open"
+HALF_OPEN = "half_open"
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (0 for the first retry).
+
+    Exponential backoff with "full jitter" (a uniform draw in ``[0, base * 2**attempt]``, capped at
+    ``cap``), so that many clients that failed together do not retry together. A server's
+    ``Retry-After`` is a floor: the client never comes back sooner than it was asked to.
+
+    >>> backoff_delay(3, base=0.1, cap=0.5, rng=random.Random(0)) <= 0.5
+    True
+    >>> backoff_delay(0, base=0.1, cap=0.5, retry_after=2.0, rng=random.Random(0)) >= 2.0
+    True
+    """
+    draw = (rng or random).uniform(0.0, min(cap, base * (2.0**attempt)))
+    return max(draw, retry_after) if retry_after is not None else draw
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date); ``None`` if unreadable.
+
+    >>> parse_retry_after("3"), parse_retry_after("soon"), parse_retry_after(None)
+    (3.0, None, None)
+    >>> parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0)
+    10.0
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if seconds == seconds else None  # NaN is unreadable
+
+
+class CircuitBreaker:
+    """Stops calls to a server that keeps failing, and probes it again after a while.
+
+    Closed: calls go out; ``failure_threshold`` consecutive failures open the breaker. Open:
+    calls are refused for ``reset_timeout`` seconds. Half-open: up to ``half_open_max`` trial
+    calls go out; a success closes the breaker, a failure opens it again for ``reset_timeout``.
+
+    Parameters
+    ----------
+    failure_threshold
+        Consecutive failures that open the breaker.
+    reset_timeout
+        Seconds the breaker stays open before it lets a trial call through.
+    half_open_max
+        Trial calls allowed at once while half-open.
+    clock
+        A monotonic clock (seconds), replaceable to test the timing.
+
+    >>> now = [0.0]
+    >>> b = CircuitBreaker(failure_threshold=2, reset_timeout=5.0, clock=lambda: now[0])
+    >>> b.record_failure(); b.record_failure(); b.state
+    'open'
+    >>> b.allow()
+    False
+    >>> now[0] = 5.0; b.allow(), b.state
+    (True, 'half_open')
+    >>> b.record_success(); b.state
+    'closed'
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_timeout: float = 10.0,
+        half_open_max: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be at least 1, got {failure_threshold}")
+        if reset_timeout < 0:
+            raise ValueError(f"reset_timeout must not be negative, got {reset_timeout}")
+        if half_open_max < 1:
+            raise ValueError(f"half_open_max must be at least 1, got {half_open_max}")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.half_open_max = half_open_max
+        self.clock = clock
+        self._state = CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trials = 0
+        #: How often the breaker has opened; a figure for logs and tests.
+        self.times_opened = 0
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a trial call through (0 when not open)."""
+        if self._state != OPEN:
+            return 0.0
+        return max(0.0, self._opened_at + self.reset_timeout - self.clock())
+
+    def allow(self) -> bool:
+        """Whether a call may go out now; a ``True`` while half-open takes one trial slot."""
+        if self._state == OPEN:
+            if self.clock() - self._opened_at < self.reset_timeout:
+                return False
+            self._state = HALF_OPEN
+            self._trials = 0
+        if self._state == HALF_OPEN:
+            if self._trials >= self.half_open_max:
+                return False
+            self._trials += 1
+        return True
+
+    def record_success(self) -> None:
+        self._state = CLOSED
+        self._failures = 0
+        self._trials = 0
+
+    def record_failure(self) -> None:
+        if self._state == HALF_OPEN:
+            self._open()
+            return
+        self._failures += 1
+        if self._state == CLOSED and self._failures >= self.failure_threshold:
+            self._open()
+
+    def release(self) -> None:
+        """Give back a half-open trial slot whose call ended with neither verdict (cancelled)."""
+        if self._state == HALF_OPEN and self._trials > 0:
+            self._trials -= 1
+
+    def _open(self) -> None:
+        self._state = OPEN
+        self._opened_at = self.clock()
+        self._failures = 0
+        self._trials = 0
+        self.times_opened += 1
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitBreaker(failure_threshold={self.failure_threshold}, "
+            f"reset_timeout={self.reset_timeout}, state={self._state!r})"
+        )
