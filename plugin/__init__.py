@@ -5,6 +5,7 @@ deferral policy after each stage learns, by imitation of the LLM and of ground-t
 when a cheaper stage's answer is good enough.
 """
 
+from streamcascade.attach import attach
 from streamcascade.errors import (
     ConfigurationError,
     KafkaLauncherError,
@@ -26,4 +27,5 @@ __all__ = [
     "StreamcascadeError",
     "UnknownLabelError",
     "__version__",
+    "attach",
 ]

@@ -1,11 +1,276 @@
-"""``streamcascade bench kafka``."""
+"""``streamcascade bench kafka``: the cascade operator against a pass-through agent, one broker.
+
+Two measurements, each on fresh topics of the same broker, in one run:
+
+1. **Throughput.** The same ``--events`` HateSpeech events are produced into an input topic
+   ahead of time; a ``streamcascade worker --pass-through`` (decode, write an output per event
+   keyed by id, ack after the broker has it) and then a cascade worker read them. Events/s is the
+   count of outputs over the span between the first and the last output's broker timestamp, so
+   worker start-up is not counted. ``throughput_ratio`` is the operator's over the pass-through's.
+2. **Latency.** The warm cascade worker on a stream produced at ``--rate`` events/s; an answer's
+   latency is its output record's timestamp minus its input record's (both create times on this
+   machine's clock), so it covers the producer, the broker, the micro-batch wait, the cascade and
+   the write. ``p99_stage1_ms`` is over the answers of the first stage.
+
+The cascade is warmed first, as a long-running operator would be: it learns the ground truth of
+the stream's first ``--warm`` events in this process, and that state is published (signed) to the
+state topic the workers load at start, so most measured events are answered by the first stage
+(the operating point is ``--target-llm-share``). The LLM is the recorded GPT-3.5.
+"""
 
 from __future__ import annotations
 
+import json
+import platform
+import secrets
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
 import click
+
+from streamcascade.errors import StreamcascadeError
+
+LLM = "gpt-3.5-turbo-1106"
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def _warm_state(rows: list[Any], key: str, target_share: float) -> tuple[bytes, int]:
+    """A cascade that learned ``rows``' ground truth, as a signed state; and its version."""
+    from streamcascade.demo import DATA
+    from streamcascade.models.cascade import CascadeConfig, build_cascade
+    from streamcascade.models.llm.recorded import RecordedLLM
+    from streamcascade.models.tasks import TASKS
+    from streamcascade.models.types import SOURCE_GROUND_TRUTH, Demonstration, Event
+    from streamcascade.operators.state_store import StateSigner
+
+    task = TASKS["hatespeech"]
+    cascade = build_cascade(task, RecordedLLM(DATA, LLM, task),
+                            CascadeConfig(stages=["river"], target_llm_share=target_share))
+    for start in range(0, len(rows), 500):
+        chunk = rows[start:start + 500]
+        cascade.learn([Demonstration(Event(r.id, r.text), task.labels.index(r.label),
+                                     SOURCE_GROUND_TRUTH) for r in chunk])
+    meta = {"task": task.name, "stages": ["river"]}
+    return StateSigner(key).sign(cascade.version, cascade.state_bytes(), meta), cascade.version
+
+
+class _Deployment:
+    """Fresh topics, the warm state published, one worker subprocess."""
+
+    def __init__(self, bootstrap: str, name: str, key: str, out_dir: Path,
+                 pass_through: bool, target_share: float, state: bytes | None,
+                 batch_time: float) -> None:
+        from streamcascade.operators.state_store import STATE_KEY
+        from streamcascade.operators.stream_io import make_producer
+        from streamcascade.operators.topics import TopicPlan, ensure_topics
+
+        run = f"bench-{name}-{secrets.token_hex(4)}"
+        self.bootstrap = bootstrap
+        self.topics = {"input": f"{run}-events", "output": f"{run}-predictions",
+                       "feedback": f"{run}-feedback", "dlq": f"{run}-dead-letters",
+                       "state-topic": f"{run}-model-state"}
+        ensure_topics(bootstrap, TopicPlan(*self.topics.values(), partitions=1))
+        if state is not None:
+            producer = make_producer(bootstrap)
+            producer.produce(self.topics["state-topic"], key=STATE_KEY, value=state)
+            producer.flush(30)
+        self.app_id = run
+        self.key = key
+        self.log = out_dir / f"{run}.log"
+        self.pass_through = pass_through
+        self.target_share = target_share
+        self.batch_time = batch_time
+        self.worker: Any = None
+
+    def start(self) -> None:
+        from streamcascade.demo import DATA
+        from streamcascade.operators.stream_io import start_worker, worker_command
+
+        topics = dict(self.topics)
+        extra = ["--batch-size", "200", "--batch-time", str(self.batch_time)]
+        if self.pass_through:
+            topics = {"input": topics["input"], "output": topics["output"]}
+            extra.append("--pass-through")
+        else:
+            extra += ["--task", "hatespeech", "--llm", LLM, "--llm-records", str(DATA),
+                      "--target-llm-share", str(self.target_share)]
+        argv = worker_command(self.bootstrap, self.app_id, topics, extra)
+        self.worker = start_worker(argv, {"STREAMCASCADE_STATE_SIGNING_KEY": self.key}, self.log)
+
+    def stop(self) -> None:
+        from streamcascade.operators.stream_io import stop_worker
+
+        if self.worker is not None:
+            stop_worker(self.worker)
+
+
+def _produce(bootstrap: str, topic: str, rows: list[Any], rate: float | None) -> dict[str, int]:
+    """Produce events (paced at ``rate``/s when given); returns each id's create time (ms)."""
+    from streamcascade.operators.codec import RecordCodec
+    from streamcascade.operators.stream_io import make_producer
+
+    codec = RecordCodec()
+    producer = make_producer(bootstrap, **{"linger.ms": 1 if rate else 20})
+    sent: dict[str, int] = {}
+    start = time.monotonic()
+    for i, row in enumerate(rows):
+        if rate:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                producer.poll(delay)
+        now_ms = int(time.time() * 1000)
+        producer.produce(topic, key=codec.key(row.id), timestamp=now_ms,
+                         value=codec.encode_event_fields(row.id, row.text))
+        sent[row.id] = now_ms
+        producer.poll(0)
+    producer.flush(60)
+    return sent
+
+
+def _collect(
+    dep: _Deployment, ids: set[str], timeout: float
+) -> dict[str, tuple[dict[str, Any], int]]:
+    """Each id's output and its timestamp (ms), until all arrived or ``timeout``."""
+    from streamcascade.errors import StreamcascadeError as Error
+    from streamcascade.operators.stream_io import TopicReader
+
+    reader = TopicReader(dep.bootstrap, [dep.topics["output"], dep.topics["dlq"]])
+    got: dict[str, tuple[dict[str, Any], int]] = {}
+    dead = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) + dead < len(ids):
+            if time.monotonic() > deadline:
+                raise Error(f"{dep.app_id}: {len(got)}/{len(ids)} outputs after {timeout:.0f} s "
+                            f"(see {dep.log})")
+            if dep.worker is not None and dep.worker.poll() is not None:
+                raise Error(f"{dep.app_id}: the worker exited; see {dep.log}")
+            for record in reader.poll(timeout=0.2):
+                if record.topic == dep.topics["dlq"]:
+                    dead += 1
+                    continue
+                value = json.loads(record.value or b"{}")
+                got.setdefault(value["id"], (value, record.timestamp_ms))
+    finally:
+        reader.close()
+    return got
+
+
+def _throughput(got: dict[str, tuple[dict[str, Any], int]]) -> float:
+    stamps = sorted(ts for _, ts in got.values())
+    span = (stamps[-1] - stamps[0]) / 1000 if len(stamps) > 1 else 0.0
+    return (len(stamps) - 1) / span if span > 0 else float("nan")
+
+
+def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, seconds: float,
+              target_share: float, out_dir: Path, batch_time: float = 0.02) -> dict[str, Any]:
+    from streamcascade.demo import DATA
+    from streamcascade.models.datasets import read_stream
+
+    rows = read_stream(DATA)
+    if warm + events > len(rows):
+        raise StreamcascadeError(f"--warm + --events must be at most {len(rows)}")
+    warm_rows, bench_rows = rows[:warm], rows[warm:warm + events]
+    key = secrets.token_hex(32)
+    click.echo(f"warming the cascade on {warm} labelled events ...", err=True)
+    state, version = _warm_state(warm_rows, key, target_share)
+    result: dict[str, Any] = {"bench": "kafka", "events": events, "warm_events": warm,
+                              "warm_model_version": version, "rate": rate, "llm": LLM,
+                              "target_llm_share": target_share, "batch_time_s": batch_time,
+                              "batch_size": 200, "machine": platform.platform()}
+    with ExitStack() as stack:
+        if bootstrap is None:
+            from streamcascade.kafka_launcher import LocalKafka
+
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sc-bench-kafka-"))
+            broker = LocalKafka(Path(tmp) / "broker", tied_to_parent=True)
+            click.echo("starting a local Kafka broker ...", err=True)
+            bootstrap = broker.start()
+            stack.callback(broker.stop)
+        ids = {r.id for r in bench_rows}
+        for mode in ("passthrough", "operator"):
+            dep = _Deployment(bootstrap, mode, key, out_dir, mode == "passthrough", target_share,
+                              None if mode == "passthrough" else state, batch_time)
+            _produce(bootstrap, dep.topics["input"], bench_rows, None)
+            click.echo(f"{mode}: {events} events pre-produced; starting the worker ...", err=True)
+            dep.start()
+            try:
+                got = _collect(dep, ids, timeout=300)
+            finally:
+                dep.stop()
+            result[f"{mode}_events_per_s"] = _throughput(got)
+            result[f"{mode}_outputs"] = len(got)
+            if mode == "operator":
+                stages = [v["stage"] for v, _ in got.values()]
+                result["operator_stage1_share"] = stages.count("river") / max(len(stages), 1)
+        result["throughput_ratio"] = result["operator_events_per_s"] / result[
+            "passthrough_events_per_s"]
+
+        # Distinct events (ids key the latency pairs), from the part of the stream not learned.
+        latency_rows = rows[warm : warm + 1 + int(rate * seconds)]
+        if len(latency_rows) < 1 + int(rate * seconds):
+            raise StreamcascadeError(
+                f"--rate x --seconds must be below {len(rows) - warm} (the stream's unseen events)")
+        dep = _Deployment(bootstrap, "latency", key, out_dir, False, target_share, state,
+                          batch_time)
+        dep.start()
+        try:
+            # Wait until the worker answers, so that start-up is not counted as latency.
+            _produce(bootstrap, dep.topics["input"], latency_rows[:1], None)
+            _collect(dep, {latency_rows[0].id}, timeout=120)
+            click.echo(f"latency: {len(latency_rows) - 1} events at {rate:g}/s ...", err=True)
+            sent = _produce(bootstrap, dep.topics["input"], latency_rows[1:], rate)
+            got = _collect(dep, set(sent), timeout=120)
+        finally:
+            dep.stop()
+    stage1 = [ts - sent[i] for i, (v, ts) in got.items() if v["stage"] == "river" and i in sent]
+    every = [ts - sent[i] for i, (_, ts) in got.items() if i in sent]
+    result.update({
+        "latency_events": len(sent), "latency_stage1_answers": len(stage1),
+        "p50_stage1_ms": _percentile(stage1, 50), "p99_stage1_ms": _percentile(stage1, 99),
+        "p99_all_ms": _percentile(every, 99),
+    })
+    return result
 
 
 @click.command("kafka")
-def command() -> None:
-    """Not built yet."""
-    raise click.ClickException("bench kafka is not built yet")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True,
+              help="Write the results here (JSON).")
+@click.option("--bootstrap", help="Use this cluster instead of starting a local broker.")
+@click.option("--events", type=int, default=6000, show_default=True,
+              help="Events of the throughput runs.")
+@click.option("--warm", type=int, default=3000, show_default=True,
+              help="Labelled events the cascade learns before the runs.")
+@click.option("--rate", type=float, default=1000.0, show_default=True,
+              help="Events/s of the latency run.")
+@click.option("--seconds", type=float, default=7.0, show_default=True,
+              help="Length of the latency run.")
+@click.option("--target-llm-share", type=float, default=0.1, show_default=True)
+@click.option("--batch-time", type=float, default=0.02, show_default=True,
+              help="Micro-batch wait of both workers.")
+def command(json_out: str, bootstrap: str | None, events: int, warm: int, rate: float,
+            seconds: float, target_llm_share: float, batch_time: float) -> None:
+    """End-to-end events/s of the cascade operator against a pass-through agent, and the p99
+    latency of first-stage answers at a steady rate, on a real broker."""
+    out = Path(json_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        logs = out.parent / "bench-kafka-logs"
+        logs.mkdir(exist_ok=True)
+        result = run_bench(bootstrap, events, warm, rate, seconds, target_llm_share, logs,
+                           batch_time)
+    except StreamcascadeError as exc:
+        raise click.ClickException(str(exc)) from None
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(json.dumps({k: result[k] for k in (
+        "throughput_ratio", "p99_stage1_ms", "passthrough_events_per_s", "operator_events_per_s",
+        "operator_stage1_share", "p50_stage1_ms")}, indent=2))

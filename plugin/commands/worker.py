@@ -1,17 +1,271 @@
-"""``streamcascade worker`` and ``streamcascade demo``."""
+"""``streamcascade worker`` (the operator as a service) and ``streamcascade demo`` (the main job).
+
+Every worker flag may also come from a TOML config file (``--config worker.toml``), whose
+``[worker]`` table uses the options' parameter names (``bootstrap``, ``input_topic``,
+``output_topic``, ``feedback_topic``, ``dlq_topic``, ``state_topic``, ``task_name``, ``stages``,
+``llm``, ``llm_records``, ``batch_size``, ...) and whose ``[cascade]`` table holds any
+:class:`~streamcascade.models.cascade.CascadeConfig` field. Flags win over the file, the file
+over ``STREAMCASCADE_*`` environment variables, and those over the defaults.
+"""
 
 from __future__ import annotations
 
+import logging
+import tomllib
+from pathlib import Path
+from typing import Any
+
 import click
+from pydantic import ValidationError
+
+from streamcascade.errors import ConfigurationError, StreamcascadeError
+from streamcascade.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Worker flags that are Settings fields (flag value None: take the setting).
+_SETTING_FLAGS = (
+    "bootstrap", "app_id", "input_topic", "output_topic", "feedback_topic", "dlq_topic",
+    "state_topic", "id_field", "text_field", "batch_size", "batch_time_s", "max_payload_bytes",
+    "decision_ttl_s", "learn_batch_size", "learn_batch_time_s", "publish_interval_s",
+    "metrics_port",
+)  # fmt: skip
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Read ``--config`` before the other options, as their defaults."""
+    if value is None:
+        return None
+    try:
+        data = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"cannot read config file {value}: {exc}") from None
+    defaults = dict(data.get("worker", {}))
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta["cascade_overrides"] = data.get("cascade", {})
+    return value
+
+
+def build_settings(**flags: Any) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    given = {k: v for k, v in flags.items() if k in _SETTING_FLAGS and v is not None}
+    return Settings(**given)
+
+
+def build_cascade_from_flags(
+    task_name: str | None,
+    labels: str | None,
+    stages: str,
+    operating_point: dict[str, float | None],
+    seed: int,
+    warmup: int | None,
+    llm: str | None,
+    llm_records: str | None,
+    llm_url: str | None,
+    llm_model: str | None,
+    settings: Settings,
+    overrides: dict[str, Any] | None = None,
+    stage_options: dict[str, dict[str, Any]] | None = None,
+) -> Any:
+    """The cascade a worker serves, from its flags."""
+    from streamcascade.models.cascade import CascadeConfig, build_cascade
+    from streamcascade.models.llm.factory import make_llm
+    from streamcascade.models.tasks import TASKS, generic_task
+    from streamcascade.models.types import LabelSet
+
+    if task_name and labels:
+        raise ConfigurationError("give --task or --labels, not both")
+    if labels:
+        task = generic_task("custom", LabelSet.of(x.strip() for x in labels.split(",")))
+    elif task_name:
+        if task_name not in TASKS:
+            raise ConfigurationError(f"unknown task {task_name!r}; known: {sorted(TASKS)}")
+        task = TASKS[task_name]
+    else:
+        raise ConfigurationError("name the task: --task imdb|hatespeech|isear, or --labels a,b")
+    api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    backend = make_llm(task, recorded=llm, records_path=Path(llm_records) if llm_records else None,
+                       url=llm_url, model=llm_model, api_key=api_key)
+    values: dict[str, Any] = dict(overrides or {})
+    values["stages"] = [s.strip() for s in stages.split(",") if s.strip()]
+    values["seed"] = seed
+    if warmup is not None:
+        values["warmup"] = warmup
+    values.update({k: v for k, v in operating_point.items() if v is not None})
+    config = CascadeConfig.from_dict(values)
+    return build_cascade(task, backend, config, **(stage_options or {}))
+
+
+def parse_stage_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``("onnx.variant=int8", "river.n_features=65536")`` as ``{stage: {option: value}}``;
+    values are read as JSON when they parse (numbers, booleans), else kept as strings."""
+    import json
+
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, raw = item.partition("=")
+        stage, dot, key = target.partition(".")
+        if not (sep and dot and stage and key):
+            raise ConfigurationError(f"--stage-option wants STAGE.KEY=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        options.setdefault(stage, {})[key] = value
+    return options
+
+
+def make_app(settings: Settings, bootstrap: str) -> Any:
+    """A Faust app for one worker: no web server, read from the earliest offset."""
+    import faust
+
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap}",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        producer_max_request_size=settings.state_max_bytes,
+        topic_replication_factor=1,
+        # Commit on the timer only: a count-triggered commit runs inside the fetch loop and holds
+        # up every record behind it while the producer flushes.
+        broker_commit_every=1_000_000,
+        broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+    )
 
 
 @click.command()
-def worker() -> None:
-    """Not built yet."""
-    raise click.ClickException("worker is not built yet")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), callback=_load_config,
+              is_eager=True, expose_value=False, help="TOML file with [worker] and [cascade].")
+@click.option("--bootstrap", help="Kafka bootstrap servers (default: $STREAMCASCADE_BOOTSTRAP).")
+@click.option("--app-id", "app_id", help="Faust app id = consumer group (workers share it).")
+@click.option("--input", "input_topic", help="Input topic of JSON events.")
+@click.option("--output", "output_topic", help="Output topic of JSON answers, keyed by id.")
+@click.option("--feedback", "feedback_topic", help="Feedback topic {id, label, source}.")
+@click.option("--dlq", "dlq_topic", help="Dead-letter topic.")
+@click.option("--state-topic", "state_topic", help="Compacted model-state topic.")
+@click.option("--partitions", type=int, default=1, show_default=True,
+              help="Partitions of the input (and feedback) topic when they must be created.")
+@click.option("--id-field", "id_field", help="Field of the event id in input records.")
+@click.option("--text-field", "text_field", help="Field of the text in input records.")
+@click.option("--task", "task_name", help="A built-in task: imdb, hatespeech or isear.")
+@click.option("--labels", help="A custom task's labels, comma-separated.")
+@click.option("--stages", default="river", show_default=True,
+              help="Stages before the LLM, cheapest first (river, onnx).")
+@click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE.KEY=VALUE",
+              help="An option of one stage, e.g. onnx.variant=int8 (repeatable).")
+@click.option("--mu", type=float, help="Operating point: the paper's raw cost coefficient.")
+@click.option("--target-llm-share", type=float, help="Operating point: share sent to the LLM.")
+@click.option("--max-quality-loss", type=float, help="Operating point: largest loss vs the LLM.")
+@click.option("--warmup", type=int, help="Demonstrations learned before stages may answer.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--llm", help="Recorded LLM: the answers' name in the records file.")
+@click.option("--llm-records", type=click.Path(exists=True, dir_okay=False),
+              help="Stream file with the recorded answers.")
+@click.option("--llm-url", help="Live OpenAI-compatible LLM server.")
+@click.option("--llm-model", help="Model name on the live server.")
+@click.option("--batch-size", "batch_size", type=int, help="Events per micro-batch (max).")
+@click.option("--batch-time", "batch_time_s", type=float, help="Seconds a micro-batch waits.")
+@click.option("--max-payload-bytes", "max_payload_bytes", type=int)
+@click.option("--decision-ttl", "decision_ttl_s", type=float,
+              help="Seconds events and feedback wait for each other.")
+@click.option("--learn-batch-size", "learn_batch_size", type=int)
+@click.option("--learn-batch-time", "learn_batch_time_s", type=float)
+@click.option("--publish-interval", "publish_interval_s", type=float,
+              help="Least seconds between published model states.")
+@click.option("--metrics-port", "metrics_port", type=int, help="Serve Prometheus metrics here.")
+@click.option("--pass-through", is_flag=True, help="Run the benchmark's pass-through agent.")
+@click.option("--loglevel", default="warn", show_default=True,
+              type=click.Choice(["crit", "error", "warn", "info", "debug"]))
+def worker(
+    partitions: int,
+    task_name: str | None,
+    labels: str | None,
+    stages: str,
+    stage_option: tuple[str, ...],
+    mu: float | None,
+    target_llm_share: float | None,
+    max_quality_loss: float | None,
+    warmup: int | None,
+    seed: int,
+    llm: str | None,
+    llm_records: str | None,
+    llm_url: str | None,
+    llm_model: str | None,
+    pass_through: bool,
+    loglevel: str,
+    **flags: Any,
+) -> None:
+    """Run the cascade operator on a topic until stopped (SIGTERM or Ctrl-C).
+
+    Start several with the same --app-id to share the input's partitions; they serve one model
+    state. The state signing key comes from $STREAMCASCADE_STATE_SIGNING_KEY.
+    """
+    import faust
+
+    from streamcascade.attach import attach, codec_from
+    from streamcascade.operators.passthrough import install_passthrough
+    from streamcascade.operators.topics import TopicPlan, ensure_topics
+
+    ctx = click.get_current_context()
+    try:
+        settings = build_settings(**flags)
+        bootstrap = settings.bootstrap
+        if not bootstrap:
+            raise ConfigurationError("no Kafka cluster: pass --bootstrap or set "
+                                     "STREAMCASCADE_BOOTSTRAP (or run `streamcascade kafka up`)")
+        ensure_topics(bootstrap, TopicPlan(
+            settings.input_topic, settings.output_topic,
+            None if pass_through else settings.feedback_topic,
+            None if pass_through else settings.dlq_topic,
+            None if pass_through else settings.state_topic,
+            partitions=partitions, state_max_bytes=settings.state_max_bytes))
+        app = make_app(settings, bootstrap)
+        if pass_through:
+            install_passthrough(app, settings.input_topic, settings.output_topic,
+                                codec_from(settings), settings.batch_size, settings.batch_time_s)
+        else:
+            cascade = build_cascade_from_flags(
+                task_name, labels, stages,
+                {"mu": mu, "target_llm_share": target_llm_share,
+                 "max_quality_loss": max_quality_loss},
+                seed, warmup, llm, llm_records, llm_url, llm_model, settings,
+                ctx.meta.get("cascade_overrides"), parse_stage_options(stage_option))
+            attach(app, cascade, source=settings.input_topic, sink=settings.output_topic,
+                   feedback=settings.feedback_topic, dlq=settings.dlq_topic,
+                   state_topic=settings.state_topic, settings=settings)
+    except (StreamcascadeError, ValidationError) as exc:
+        raise click.ClickException(str(exc)) from None
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
 @click.command()
-def demo() -> None:
-    """Not built yet."""
-    raise click.ClickException("demo is not built yet")
+@click.option("--limit", type=int, help="Events of the stream to use (default: all 10,703).")
+@click.option("--rate", type=float, default=400.0, show_default=True,
+              help="Events per second produced into the input topic.")
+@click.option("--feedback-share", type=float, default=0.1, show_default=True,
+              help="Share of events whose ground truth the labelling team sends.")
+@click.option("--feedback-delay", type=float, default=2.0, show_default=True,
+              help="Seconds after an answer that its ground truth arrives.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out",
+              show_default=True, help="Where the report and the plot go.")
+@click.option("--bootstrap", help="Use this cluster instead of starting a local broker.")
+@click.option("--partitions", type=int, default=2, show_default=True)
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="Give up waiting for outputs after this many seconds.")
+@click.option("--target-llm-share", type=float,
+              help="Operating point: share of events sent to the LLM.")
+@click.option("--max-quality-loss", type=float,
+              help="Operating point: largest F1 loss against the LLM alone (default 0.01).")
+@click.option("--stages", default="river", show_default=True,
+              help="Stages before the LLM, e.g. river,onnx (onnx needs `streamcascade onnx "
+              "export` first).")
+def demo(**options: Any) -> None:
+    """The main job: HateSpeech through the operator on a local broker, then a report and a plot."""
+    from streamcascade.demo import run_demo
+
+    try:
+        run_demo(**options)
+    except StreamcascadeError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,175 @@
+"""JSON records in and out of the operator: events, feedback, outputs and dead letters.
+
+Events are JSON objects whose id and text live under configurable field names (``id`` and
+``text`` by default). Every decoding failure raises :class:`~streamcascade.errors.RecordError`
+with a reason code from :mod:`streamcascade.operators.dead_letters`; the operator turns it into a
+dead letter and goes on.
+
+>>> codec = RecordCodec(text_field="body")
+>>> codec.decode_event(b'{"id": 7, "body": "hello"}')
+Event(id='7', text='hello')
+>>> codec.decode_event(b'{"id": 7, "body": ""}')
+Traceback (most recent call last):
+...
+streamcascade.errors.RecordError: missing_text: field 'body' is empty
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from streamcascade.errors import RecordError, UnknownLabelError
+from streamcascade.models.types import SOURCE_GROUND_TRUTH, Decision, Event, LabelSet
+from streamcascade.operators import dead_letters as dl
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A label for an event, from a feedback topic: ground truth, the LLM, or an audit."""
+
+    event_id: str
+    label: int
+    source: str
+
+
+class RecordCodec:
+    """Turns Kafka record values into events and feedback, and answers into record values.
+
+    Parameters
+    ----------
+    id_field, text_field
+        Field names of the event id and text in input records.
+    label_field, source_field
+        Field names of the label and its source in feedback records (the id uses ``id_field``).
+    max_bytes
+        Records larger than this become ``oversized_payload`` dead letters, unread.
+    """
+
+    def __init__(
+        self,
+        id_field: str = "id",
+        text_field: str = "text",
+        label_field: str = "label",
+        source_field: str = "source",
+        max_bytes: int = 1_000_000,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.id_field = id_field
+        self.text_field = text_field
+        self.label_field = label_field
+        self.source_field = source_field
+        self.max_bytes = max_bytes
+
+    # -- reading ---------------------------------------------------------------------------
+    def _object(self, raw: bytes | None) -> dict[str, Any]:
+        if raw is None:
+            raise RecordError(dl.MALFORMED_JSON, "the record has no value (a tombstone)")
+        if len(raw) > self.max_bytes:
+            raise RecordError(dl.OVERSIZED, f"{len(raw)} bytes > limit {self.max_bytes}")
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RecordError(dl.MALFORMED_JSON, f"not JSON ({type(exc).__name__})") from None
+        if not isinstance(value, dict):
+            raise RecordError(dl.MALFORMED_JSON, f"a JSON {type(value).__name__}, not an object")
+        return value
+
+    def _id(self, record: dict[str, Any]) -> str:
+        event_id = record.get(self.id_field)
+        # bool is an int in Python, but `true` is not an id.
+        if isinstance(event_id, bool) or not isinstance(event_id, str | int):
+            raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} is missing or not an id")
+        event_id = str(event_id)
+        if not event_id:
+            raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} is empty")
+        return event_id
+
+    def decode_event(self, raw: bytes | None) -> Event:
+        """The event in ``raw``; a :class:`RecordError` if it is not a usable event."""
+        record = self._object(raw)
+        event_id = self._id(record)
+        text = record.get(self.text_field)
+        if not isinstance(text, str):
+            raise RecordError(dl.MISSING_TEXT, f"field {self.text_field!r} is missing or not text")
+        if not text.strip():
+            raise RecordError(dl.MISSING_TEXT, f"field {self.text_field!r} is empty")
+        return Event(event_id, text)
+
+    def decode_feedback(self, raw: bytes | None, labels: LabelSet) -> Feedback:
+        """The feedback in ``raw``, its label checked against ``labels``."""
+        record = self._object(raw)
+        event_id = self._id(record)
+        label = record.get(self.label_field)
+        if not isinstance(label, str):
+            raise RecordError(
+                dl.UNKNOWN_LABEL, f"field {self.label_field!r} is missing or not text"
+            )
+        try:
+            index = labels.index(label)
+        except UnknownLabelError as exc:
+            raise RecordError(dl.UNKNOWN_LABEL, str(exc)) from None
+        source = record.get(self.source_field, SOURCE_GROUND_TRUTH)
+        if not isinstance(source, str) or not source:
+            source = SOURCE_GROUND_TRUTH
+        return Feedback(event_id, index, source)
+
+    # -- writing ---------------------------------------------------------------------------
+    @staticmethod
+    def key(event_id: str) -> bytes:
+        """The Kafka key of every record about ``event_id`` (outputs, feedback, dead letters)."""
+        return event_id.encode("utf-8")
+
+    def encode_event(self, event: Event) -> bytes:
+        return self.encode_event_fields(event.id, event.text)
+
+    def encode_event_fields(self, event_id: str, text: str) -> bytes:
+        """An input record (for producers: the demo, the benchmark, tests)."""
+        return _compact({self.id_field: event_id, self.text_field: text}).encode("utf-8")
+
+    def encode_output(self, decision: Decision, latency_ms: float) -> bytes:
+        """The output record of an answered event."""
+        return _compact(
+            {
+                "id": decision.event_id,
+                "label": decision.label,
+                "stage": decision.stage,
+                "confidence": round(float(decision.confidence), 6),
+                "cost": float(decision.cost),
+                "model_version": int(decision.model_version),
+                "latency_ms": round(latency_ms, 3),
+            }
+        ).encode("utf-8")
+
+    def encode_feedback(self, event_id: str, label: str, source: str) -> bytes:
+        return _compact(
+            {self.id_field: event_id, self.label_field: label, self.source_field: source}
+        ).encode("utf-8")
+
+    @staticmethod
+    def encode_dead_letter(letter: dl.DeadLetter) -> bytes:
+        """A dead letter: the original bytes in base64, the reason, and the source position."""
+        return _compact(
+            {
+                "original": base64.b64encode(letter.raw).decode("ascii"),
+                "key": None if letter.key is None else base64.b64encode(letter.key).decode("ascii"),
+                "reason": letter.reason,
+                "detail": letter.detail,
+                "topic": letter.position.topic,
+                "partition": letter.position.partition,
+                "offset": letter.position.offset,
+            }
+        ).encode("utf-8")
+
+
+def decode_output(raw: bytes) -> dict[str, Any]:
+    """An output record as a dict (for consumers of the output topic: the demo, tests, benches)."""
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("an output record is a JSON object")
+    return value

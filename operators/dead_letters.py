@@ -1,0 +1,58 @@
+"""Dead letters: a record the operator cannot use, kept with its original bytes and a reason.
+
+A dead letter never stops the stream: the record's offset is committed once its dead letter is
+written, exactly as for an answered event. The reasons are short stable codes, so that a
+dashboard can count them and a person can replay a topic's dead letters of one kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The record is not JSON, or not a JSON object.
+MALFORMED_JSON = "malformed_json"
+#: The id field is missing, or is not a string or an integer.
+MISSING_ID = "missing_id"
+#: The text field is missing, not a string, or empty.
+MISSING_TEXT = "missing_text"
+#: The record is larger than the configured size limit.
+OVERSIZED = "oversized_payload"
+#: A feedback record whose label is not one of the task's labels.
+UNKNOWN_LABEL = "unknown_label"
+#: A feedback record whose event never arrived within the decision log's time-to-live.
+FEEDBACK_UNMATCHED = "feedback_unmatched"
+#: The LLM gave no answer, after the backend's retries.
+LLM_FAILED = "llm_failed"
+#: The cascade raised on a batch (a bug or a stage that cannot run); the batch is dead-lettered.
+CASCADE_ERROR = "cascade_error"
+
+REASONS: tuple[str, ...] = (
+    MALFORMED_JSON,
+    MISSING_ID,
+    MISSING_TEXT,
+    OVERSIZED,
+    UNKNOWN_LABEL,
+    FEEDBACK_UNMATCHED,
+    LLM_FAILED,
+    CASCADE_ERROR,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """Where a record was read: enough to find it again in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be used: its original bytes, why, and where it came from."""
+
+    raw: bytes
+    reason: str
+    position: SourcePosition
+    detail: str = ""
+    key: bytes | None = None

@@ -1,0 +1,182 @@
+"""The decision log: recent events kept so that feedback, which carries only an id, finds its text.
+
+Feedback may arrive before its event (a labelling team that is faster than the stream, or a
+replay) or after it. Both sides wait in the log for at most ``ttl_s`` seconds and the log holds at
+most ``max_events`` events and ``max_pending`` waiting feedback records, so memory is bounded
+however the streams behave. An event that expires unlabelled is simply forgotten (most events are
+never labelled); feedback that expires unmatched comes back from :meth:`DecisionLog.expire` so that
+the operator can dead-letter it.
+
+>>> from streamcascade.models.types import Event
+>>> from streamcascade.operators.codec import Feedback
+>>> now = [0.0]
+>>> log = DecisionLog(ttl_s=10, clock=lambda: now[0])
+>>> log.add_feedback(Feedback("a", 1, "ground_truth"), b"{}", None) is None  # before its event
+True
+>>> [m.event.text for m in log.record(Event("a", "some text"), predicted=0, stage="lr")]
+['some text']
+>>> now[0] = 11.0
+>>> log.add_feedback(Feedback("b", 0, "ground_truth"), b"{}", None) is None
+True
+>>> now[0] = 30.0
+>>> [p.feedback.event_id for p in log.expire()]
+['b']
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from streamcascade.models.types import Event
+from streamcascade.operators.codec import Feedback
+from streamcascade.operators.dead_letters import SourcePosition
+
+
+@dataclass(slots=True)
+class LoggedEvent:
+    """An event the operator answered, with what it answered and when."""
+
+    event: Event
+    predicted: int | None
+    stage: str
+    decided_at: float
+
+
+@dataclass(slots=True)
+class PendingFeedback:
+    """Feedback whose event has not been seen yet, with what a dead letter needs."""
+
+    feedback: Feedback
+    raw: bytes
+    position: SourcePosition | None
+    arrived_at: float
+    key: bytes | None = None
+    #: Whatever the caller needs back when this feedback leaves the log (the Faust event to ack).
+    token: Any = None
+
+
+@dataclass(slots=True)
+class Match:
+    """Feedback joined with its event: what the learner needs, and what quality metrics need."""
+
+    event: Event
+    feedback: Feedback
+    predicted: int | None
+    stage: str
+    #: Seconds from the event's answer to the feedback's arrival (negative: feedback came first).
+    lag_s: float
+
+
+class DecisionLog:
+    """A bounded, time-limited join of events and their feedback by event id.
+
+    Parameters
+    ----------
+    ttl_s
+        How long an event waits for feedback, and feedback for its event.
+    max_events, max_pending
+        Capacity; the oldest entries leave first when it is reached.
+    clock
+        Seconds, monotonic; a parameter so that tests can move time.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float = 600.0,
+        max_events: int = 100_000,
+        max_pending: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl_s <= 0 or max_events <= 0 or max_pending <= 0:
+            raise ValueError("ttl_s, max_events and max_pending must be positive")
+        self.ttl_s = ttl_s
+        self.max_events = max_events
+        self.max_pending = max_pending
+        self.clock = clock
+        self._events: OrderedDict[str, LoggedEvent] = OrderedDict()
+        self._pending: OrderedDict[tuple[str, int], PendingFeedback] = OrderedDict()
+        self._pending_by_id: dict[str, list[tuple[str, int]]] = {}
+        self._evicted: list[PendingFeedback] = []
+        self._serial = 0
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @property
+    def pending(self) -> int:
+        """How many feedback records wait for their event."""
+        return len(self._pending)
+
+    def record(self, event: Event, predicted: int | None, stage: str) -> list[Match]:
+        """Log an answered event; return the feedback that was waiting for it, joined."""
+        now = self.clock()
+        self._events.pop(event.id, None)
+        self._events[event.id] = LoggedEvent(event, predicted, stage, now)
+        if len(self._events) > self.max_events:
+            self._events.popitem(last=False)
+        keys = self._pending_by_id.pop(event.id, None)
+        if not keys:
+            return []
+        matches = []
+        for key in keys:
+            waiting = self._pending.pop(key)
+            lag = waiting.arrived_at - now
+            matches.append(Match(event, waiting.feedback, predicted, stage, lag))
+        return matches
+
+    def add_feedback(
+        self,
+        feedback: Feedback,
+        raw: bytes,
+        position: SourcePosition | None,
+        key: bytes | None = None,
+        token: Any = None,
+    ) -> Match | None:
+        """Join feedback with its logged event, or keep it waiting and return ``None``."""
+        now = self.clock()
+        logged = self._events.get(feedback.event_id)
+        if logged is not None and now - logged.decided_at <= self.ttl_s:
+            lag = now - logged.decided_at
+            return Match(logged.event, feedback, logged.predicted, logged.stage, lag)
+        self._serial += 1
+        pkey = (feedback.event_id, self._serial)
+        self._pending[pkey] = PendingFeedback(feedback, raw, position, now, key, token)
+        self._pending_by_id.setdefault(feedback.event_id, []).append(pkey)
+        if len(self._pending) > self.max_pending:
+            _, oldest = self._pending.popitem(last=False)
+            self._forget_pending(oldest.feedback.event_id)
+            self._evicted.append(oldest)
+        return None
+
+    def _forget_pending(self, event_id: str) -> None:
+        keys = self._pending_by_id.get(event_id)
+        if keys is None:
+            return
+        live = [k for k in keys if k in self._pending]
+        if live:
+            self._pending_by_id[event_id] = live
+        else:
+            del self._pending_by_id[event_id]
+
+    def expire(self) -> list[PendingFeedback]:
+        """Forget events older than the TTL; return feedback that waited longer than the TTL
+        (or was pushed out by capacity): it will never be matched."""
+        horizon = self.clock() - self.ttl_s
+        while self._events:
+            first = next(iter(self._events.values()))
+            if first.decided_at >= horizon:
+                break
+            self._events.popitem(last=False)
+        expired, self._evicted = self._evicted, []
+        while self._pending:
+            key, first_pending = next(iter(self._pending.items()))
+            if first_pending.arrived_at >= horizon:
+                break
+            del self._pending[key]
+            self._forget_pending(first_pending.feedback.event_id)
+            expired.append(first_pending)
+        return expired

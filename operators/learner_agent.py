@@ -1,0 +1,139 @@
+"""The learner: demonstrations in, a new signed model state out.
+
+Exactly one worker of a fleet learns. The demonstrations topic has a single partition, and Kafka
+gives a partition of a consumer group to one member at a time: whichever worker holds it is the
+learner. When that worker leaves or dies, the group hands the partition to another worker, which
+already serves the newest published state (every worker follows the state topic) and goes on from
+the last committed demonstration. Demonstrations are acked only after a state that includes them
+has been published, so a crash repeats some learning rather than lose it, and the version only goes
+up (each new state is the newest one plus the demonstrations learned since).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from streamcascade.errors import UnknownLabelError
+from streamcascade.models.types import Demonstration, Event
+from streamcascade.operators.metrics import OperatorMetrics
+from streamcascade.operators.state_store import StateSigner
+
+log = logging.getLogger(__name__)
+
+
+def decode_demonstration(raw: bytes | None, labels: Any) -> Demonstration | None:
+    """A demonstration record (written by the operator) as a :class:`Demonstration`, or None."""
+    try:
+        record = json.loads(raw or b"")
+        return Demonstration(
+            Event(str(record["id"]), str(record["text"])),
+            labels.index(record["label"]),
+            str(record.get("source") or "ground_truth"),
+        )
+    except (ValueError, KeyError, TypeError, UnknownLabelError) as exc:
+        # Only the operator writes this internal topic; a bad record is a bug, not user input.
+        log.warning("skipped a malformed demonstration record: %s", type(exc).__name__)
+        return None
+
+
+class Learner:
+    """Learns demonstrations into the cascade and publishes its state, at most every
+    ``publish_interval_s`` seconds.
+
+    Parameters
+    ----------
+    cascade
+        The cascade this worker serves (the learner's updates are served at once).
+    signer
+        Signs each published state.
+    publish
+        Writes a signed state to the state topic and returns once the broker has it.
+    metrics
+        Where counts go.
+    publish_interval_s
+        Smallest time between two published states (each is a full snapshot).
+    """
+
+    def __init__(
+        self,
+        cascade: Any,
+        signer: StateSigner,
+        publish: Callable[[bytes], Awaitable[None]],
+        metrics: OperatorMetrics,
+        publish_interval_s: float = 2.0,
+    ) -> None:
+        self.cascade = cascade
+        self.signer = signer
+        self.publish = publish
+        self.metrics = metrics
+        self.publish_interval_s = publish_interval_s
+        #: The newest version this worker knows is published (its own, or loaded from the topic).
+        self.published_version = int(cascade.version)
+        self._unacked: list[Any] = []
+        self._last_publish = float("-inf")  # the first publish is due at once
+        self._lock = asyncio.Lock()
+
+    async def learn(self, values: Sequence[bytes | None]) -> int:
+        """Learn a batch of demonstration records; returns how many were usable.
+
+        It waits while a snapshot is being taken, which runs in a thread (see
+        :meth:`maybe_publish`) and must not see the stages change under it.
+        """
+        async with self._lock:
+            return self._learn_now(values)
+
+    def _learn_now(self, values: Sequence[bytes | None]) -> int:
+        labels = self.cascade.task.labels
+        demos = [d for d in (decode_demonstration(v, labels) for v in values) if d is not None]
+        if demos:
+            try:
+                self.cascade.learn(demos)
+            except Exception:  # a bug in a stage must not stop serving; say so loudly
+                log.exception("learning a batch of %d demonstrations failed; skipped", len(demos))
+                return 0
+            for demo in demos:
+                self.metrics.demonstrations.labels(demo.source).inc()
+        return len(demos)
+
+    def _snapshot(self, version: int, meta: dict[str, Any]) -> bytes:
+        # Runs in a thread. The learned parts (stages, policies) change only in `learn`, which
+        # the lock holds off. Answering goes on meanwhile and moves the operating-point
+        # controller's window; each array is copied whole under the GIL, so at worst the
+        # snapshot's window of recent events is a batch off, a rolling estimate that the next
+        # batches refresh anyway.
+        return self.signer.sign(version, self.cascade.state_bytes(), meta)
+
+    def hold(self, handles: Sequence[Any]) -> None:
+        """Keep these records un-acked until a state that includes them is published."""
+        self._unacked.extend(handles)
+
+    async def maybe_publish(
+        self, ack: Callable[[Any], Awaitable[Any]], force: bool = False
+    ) -> bool:
+        """Publish the state if it changed and the interval has passed; then ack what it covers."""
+        async with self._lock:
+            due = time.monotonic() - self._last_publish >= self.publish_interval_s
+            if not (force or due):
+                return False
+            version = int(self.cascade.version)
+            if version > self.published_version:
+                stages = [s.name for s in self.cascade.stages]
+                meta = {"task": self.cascade.task.name, "stages": stages}
+                # Serialising and compressing a snapshot takes a while (tens to hundreds of ms);
+                # in a thread, the operator keeps answering meanwhile. Learning waits (the lock).
+                blob = await asyncio.to_thread(self._snapshot, version, meta)
+                await self.publish(blob)
+                self.published_version = version
+                self.metrics.states_published.inc()
+                self.metrics.model_version.set(version)
+                log.info("published model state version %d", version)
+            self._last_publish = time.monotonic()
+            handles, self._unacked = self._unacked, []
+            for handle in handles:
+                await ack(handle)
+            return True

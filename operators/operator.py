@@ -1,0 +1,227 @@
+"""The cascade operator: micro-batches of events in, answers out, feedback joined for the learner.
+
+One event's path: the operator agent reads a batch of raw records from the input topic
+(``stream.noack_take``, bounded in count and time), decodes them (bad ones become dead letters),
+asks the cascade, writes each answer to the output topic keyed by the event id, writes the LLM's
+answers to the feedback topic (source ``llm``), and acks the batch's records only once the broker
+has every record written for it, so that Faust commits their offsets (at least once). The writes
+of a batch overlap with answering the next (``install.PipelinedWriter``).
+
+The feedback agent reads the feedback topic, which is co-partitioned with the input topic (same
+partition count, keyed by event id; the operator writes the LLM's feedback to the input record's
+partition number), so feedback meets its event in the :class:`DecisionLog` of the worker that
+answered it. Each joined pair becomes a demonstration (id, text, label, source) on the single
+partition demonstrations topic that the learner reads (``operators/learner_agent.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamcascade.errors import RecordError
+from streamcascade.models.types import SOURCE_GROUND_TRUTH, SOURCE_LLM, Decision, Event
+from streamcascade.operators import dead_letters as dl
+from streamcascade.operators.codec import RecordCodec
+from streamcascade.operators.decision_log import DecisionLog, Match, PendingFeedback
+from streamcascade.operators.metrics import OperatorMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """A raw Kafka record as the operator sees it; ``handle`` is what acks it (a Faust event)."""
+
+    key: bytes | None
+    value: bytes | None
+    position: dl.SourcePosition
+    received_at: float
+    handle: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A record to write: to which of the operator's topics, with which key and value."""
+
+    topic: str  # "output", "feedback", "dlq" or "demonstrations"
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+
+
+@dataclass(slots=True)
+class FeedbackResult:
+    """What a feedback batch produced, and which records may be acked now."""
+
+    outgoing: list[Outgoing] = field(default_factory=list)
+    ack: list[Any] = field(default_factory=list)
+
+
+def encode_demonstration(match: Match, label_name: str) -> bytes:
+    """A demonstration record: everything the learner needs, the event's text included."""
+    return json.dumps(
+        {"id": match.event.id, "text": match.event.text, "label": label_name,
+         "source": match.feedback.source},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+class CascadeOperator:
+    """The operator's logic, free of Faust: batches of records in, records to write out.
+
+    Parameters
+    ----------
+    cascade
+        Answers events; its ``task.labels`` name the labels.
+    codec
+        Reads and writes the records.
+    decision_log
+        Joins feedback with recent events.
+    metrics
+        Where counts go.
+    publish_llm_feedback
+        Write the LLM's answers to the feedback topic (source ``llm``), so that the learner
+        imitates them.
+    clock
+        Monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        cascade: Any,
+        codec: RecordCodec,
+        decision_log: DecisionLog,
+        metrics: OperatorMetrics,
+        publish_llm_feedback: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cascade = cascade
+        self.codec = codec
+        self.decision_log = decision_log
+        self.metrics = metrics
+        self.publish_llm_feedback = publish_llm_feedback
+        self.clock = clock
+        self.labels = cascade.task.labels
+
+    # -- events ------------------------------------------------------------------------------
+    def _letter(self, record: InRecord, reason: str, detail: str) -> Outgoing:
+        self.metrics.dead_letters.labels(reason).inc()
+        letter = dl.DeadLetter(record.value or b"", reason, record.position, detail, record.key)
+        return Outgoing("dlq", record.key, self.codec.encode_dead_letter(letter))
+
+    async def handle_events(self, records: Sequence[InRecord]) -> list[Outgoing]:
+        """Answer a batch of input records; every record yields an output or a dead letter."""
+        self.metrics.events_in.inc(len(records))
+        out: list[Outgoing] = []
+        events: list[Event] = []
+        sources: list[InRecord] = []
+        for record in records:
+            try:
+                events.append(self.codec.decode_event(record.value))
+                sources.append(record)
+            except RecordError as exc:
+                out.append(self._letter(record, exc.reason, exc.detail))
+        if not events:
+            return out
+        try:
+            decisions = await self.cascade.answer(events)
+        except Exception as exc:  # the stream goes on: the batch becomes dead letters
+            log.exception("the cascade failed on a batch of %d events", len(events))
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            out.extend(self._letter(r, dl.CASCADE_ERROR, detail) for r in sources)
+            return out
+        now = self.clock()
+        answered: list[Decision] = []
+        latencies: list[float] = []
+        for event, record, decision in zip(events, sources, decisions, strict=True):
+            if decision.label is None:
+                out.append(self._letter(record, dl.LLM_FAILED, decision.error or "no answer"))
+                continue
+            latency = now - record.received_at
+            answered.append(decision)
+            latencies.append(latency)
+            key = self.codec.key(event.id)
+            out.append(Outgoing("output", key, self.codec.encode_output(decision, latency * 1e3)))
+            for match in self.decision_log.record(event, decision.label_index, decision.stage):
+                out.extend(self._joined(match))
+        self.metrics.observe_batch(answered, latencies)
+        partition_of = {e.id: r.position.partition for e, r in zip(events, sources, strict=True)}
+        out.extend(self._expert_feedback(partition_of))
+        return out
+
+    def _expert_feedback(self, partition_of: dict[str, int]) -> list[Outgoing]:
+        """The LLM's answers of this batch (deferred and audited events) as feedback records."""
+        take = getattr(self.cascade, "take_demonstrations", None)
+        demos = take() if take is not None else []
+        if not (self.publish_llm_feedback and demos):
+            return []
+        out = []
+        for demo in demos:
+            value = self.codec.encode_feedback(
+                demo.event.id, self.labels.name(demo.label), demo.source or SOURCE_LLM
+            )
+            # The input record's partition number: the feedback partition of the same number is
+            # assigned to this worker (co-partitioned topics), so the join stays local.
+            partition = partition_of.get(demo.event.id)
+            out.append(Outgoing("feedback", self.codec.key(demo.event.id), value, partition))
+        return out
+
+    # -- feedback ----------------------------------------------------------------------------
+    def _joined(self, match: Match) -> list[Outgoing]:
+        source = match.feedback.source
+        self.metrics.feedback.labels(source).inc()
+        if match.lag_s >= 0:
+            self.metrics.feedback_lag.observe(match.lag_s)
+        if source == SOURCE_GROUND_TRUTH:
+            self.metrics.observe_ground_truth(match.predicted, match.feedback.label)
+        value = encode_demonstration(match, self.labels.name(match.feedback.label))
+        return [Outgoing("demonstrations", self.codec.key(match.event.id), value)]
+
+    def handle_feedback(self, records: Sequence[InRecord]) -> FeedbackResult:
+        """Join a batch of feedback records; unmatched ones wait (un-acked) in the log."""
+        result = FeedbackResult()
+        for record in records:
+            try:
+                feedback = self.codec.decode_feedback(record.value, self.labels)
+            except RecordError as exc:
+                result.outgoing.append(self._letter(record, exc.reason, exc.detail))
+                result.ack.append(record.handle)
+                continue
+            match = self.decision_log.add_feedback(
+                feedback, record.value or b"", record.position, record.key, token=record.handle
+            )
+            if match is not None:
+                result.outgoing.extend(self._joined(match))
+                result.ack.append(record.handle)
+        self.expire_into(result)
+        return result
+
+    def expire_into(self, result: FeedbackResult) -> None:
+        """Dead-letter feedback whose event did not come within the time-to-live."""
+        for waiting in self.decision_log.expire():
+            result.outgoing.append(self._expired_letter(waiting))
+            result.ack.append(waiting.token)
+
+    def _expired_letter(self, waiting: PendingFeedback) -> Outgoing:
+        self.metrics.dead_letters.labels(dl.FEEDBACK_UNMATCHED).inc()
+        position = waiting.position or dl.SourcePosition("", -1, -1)
+        detail = f"no event {waiting.feedback.event_id!r} within {self.decision_log.ttl_s:g} s"
+        letter = dl.DeadLetter(waiting.raw, dl.FEEDBACK_UNMATCHED, position, detail, waiting.key)
+        return Outgoing("dlq", waiting.key, self.codec.encode_dead_letter(letter))
+
+
+Sender = Callable[[Outgoing], Awaitable[Awaitable[Any]]]
+
+
+async def write_all(send: Sender, outgoing: Sequence[Outgoing]) -> None:
+    """Hand every record to the producer, then wait until the broker has acknowledged each."""
+    deliveries = [await send(record) for record in outgoing]
+    if deliveries:
+        await asyncio.gather(*deliveries)

@@ -1,0 +1,51 @@
+"""A pass-through agent: the baseline of ``streamcascade bench kafka``.
+
+It does everything the operator does around the cascade (micro-batches, decoding, an output per
+event keyed by id, the same pipelined writer that acks only what the broker has) and nothing
+else, so that the benchmark measures what the cascade costs on top of Faust and Kafka.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from streamcascade.errors import RecordError
+from streamcascade.models.types import Decision
+from streamcascade.operators.codec import RecordCodec
+from streamcascade.operators.install import PipelinedWriter, raw_topic, record_of, send_raw
+from streamcascade.operators.operator import Outgoing
+
+
+def install_passthrough(
+    app: Any,
+    source: str,
+    sink: str,
+    codec: RecordCodec | None = None,
+    batch_size: int = 100,
+    batch_time_s: float = 0.05,
+    max_in_flight: int = 4,
+) -> Any:
+    """Add the pass-through agent to ``app``; returns the agent."""
+    codec = codec or RecordCodec()
+    out_topic = raw_topic(app, sink)
+
+    async def send(record: Outgoing) -> Any:
+        return await send_raw(app, out_topic.get_topic_name(), record)
+
+    async def passthrough_agent(stream: Any) -> None:
+        writer = PipelinedWriter(app, stream, send, max_in_flight)
+        async for events in stream.noack_take(batch_size, within=batch_time_s):
+            outgoing = []
+            now = time.monotonic()
+            for record in (record_of(e) for e in events):
+                try:
+                    event = codec.decode_event(record.value)
+                except RecordError:
+                    continue
+                decision = Decision(event.id, None, None, "passthrough", 0, 1.0, 0.0, [])
+                value = codec.encode_output(decision, (now - record.received_at) * 1e3)
+                outgoing.append(Outgoing("output", codec.key(event.id), value))
+            await writer.write_then_ack(outgoing, events)
+
+    return app.agent(raw_topic(app, source), name=f"passthrough-{source}")(passthrough_agent)

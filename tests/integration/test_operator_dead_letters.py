@@ -1,0 +1,59 @@
+"""Bad records become dead letters with their reason and position; the stream goes on."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from operator_harness import OperatorRun, json_id, rows
+
+
+def test_bad_events_and_feedback_become_dead_letters_while_the_stream_goes_on(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    stream = rows(300)
+    run = OperatorRun(kafka_bootstrap, new_topic, tmp_path, partitions=1,
+                      worker_args=("--max-payload-bytes", "2000", "--decision-ttl", "3"))
+    good = run.event_records(stream)
+    bad = {
+        b"{this is not json": "malformed_json",
+        b'{"id": "e1", "text": ""}': "missing_text",
+        b'{"text": "an event without an id"}': "missing_id",
+        json.dumps({"id": "e2", "text": "x" * 5000}).encode(): "oversized_payload",
+    }
+    # Bad records in the middle of the stream, so good ones follow each of them.
+    records = good[:100] + [(b"bad", value) for value in bad] + good[100:]
+    try:
+        run.start_worker()
+        run.produce(records)
+        assert run.wait_answered({r.id for r in stream}, timeout=60), run.logs()
+        # Feedback: a label outside the task's labels, and a label for an event that never comes.
+        run.send_feedback([(stream[0].id, "offensive")])
+        run.send_feedback([("no-such-event", "hate")])
+        wanted = {"unknown_label", "feedback_unmatched"}
+
+        def letters_of(reasons: set[str]) -> list[dict[str, object]]:
+            return [d for d in run.dead if d["reason"] in reasons]
+
+        for _ in range(100):
+            run.poll()
+            if {d["reason"] for d in letters_of(wanted)} == wanted:
+                break
+    finally:
+        run.stop_all()
+    by_original = {base64.b64decode(str(d["original"])): d for d in run.dead}
+    for value, reason in bad.items():
+        letter = by_original[value]
+        assert letter["reason"] == reason
+        assert letter["topic"] == run.topics["input"] and letter["partition"] == 0
+        assert 100 <= int(str(letter["offset"])) < 104  # where the bad records were produced
+    feedback_letters = {d["reason"]: d for d in run.dead if d["topic"] == run.topics["feedback"]}
+    assert set(feedback_letters) == {"unknown_label", "feedback_unmatched"}
+    assert json.loads(base64.b64decode(str(feedback_letters["feedback_unmatched"]["original"])))[
+        "id"] == "no-such-event"
+    # The stream went on: every good event after the bad ones has its output.
+    failed = {json_id(d) for d in run.dead if d["reason"] == "llm_failed"}
+    assert all(r.id in run.outputs or r.id in failed for r in stream[100:])
+    assert sum(1 for r in stream if r.id in run.outputs) >= 290

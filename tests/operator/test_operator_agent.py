@@ -1,0 +1,217 @@
+"""The operator's logic with a real cascade (River stage, recorded GPT-3.5 answers), no broker.
+
+What the Faust agents add around it (reading, writing, acking) is tested against a real broker in
+``tests/integration/test_operator_*.py``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamcascade.models.cascade import CascadeConfig, build_cascade
+from streamcascade.models.datasets import read_stream
+from streamcascade.models.llm.recorded import RecordedLLM
+from streamcascade.models.tasks import TASKS
+from streamcascade.operators import dead_letters as dl
+from streamcascade.operators.codec import RecordCodec
+from streamcascade.operators.dead_letters import SourcePosition
+from streamcascade.operators.decision_log import DecisionLog
+from streamcascade.operators.learner_agent import Learner
+from streamcascade.operators.metrics import OperatorMetrics
+from streamcascade.operators.operator import CascadeOperator, InRecord, Outgoing
+from streamcascade.operators.state_store import StateSigner
+
+DATA = Path(__file__).resolve().parents[2] / "plugin" / "data" / "hatespeech.jsonl.gz"
+LLM = "gpt-3.5-turbo-1106"
+TASK = TASKS["hatespeech"]
+KEY = "operator-tests-signing-key"
+
+
+@pytest.fixture(scope="module")
+def records_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 300 rows; rows 5 and 6 lose their recorded answer (the LLM cannot answer)."""
+    path = tmp_path_factory.mktemp("records") / "hs.jsonl.gz"
+    with gzip.open(DATA, "rt", encoding="utf-8") as src, gzip.open(path, "wt") as dst:
+        for i, line in enumerate(src):
+            if i == 300:
+                break
+            row = json.loads(line)
+            if i in (5, 6):
+                row["llm"] = {}
+            dst.write(json.dumps(row) + "\n")
+    return path
+
+
+def make_operator(records: Path, **config: Any) -> CascadeOperator:
+    cascade = build_cascade(TASK, RecordedLLM(records, LLM, TASK),
+                            CascadeConfig(stages=["river"], **config),
+                            river={"n_features": 2**14})
+    metrics = OperatorMetrics(["river", LLM])
+    return CascadeOperator(cascade, RecordCodec(max_bytes=2000), DecisionLog(ttl_s=30), metrics)
+
+
+def record(value: bytes | None, offset: int, partition: int = 1, topic: str = "events") -> InRecord:
+    return InRecord(b"k%d" % offset, value, SourcePosition(topic, partition, offset),
+                    time.monotonic(), handle=f"h{offset}")
+
+
+def by_topic(out: list[Outgoing], topic: str) -> list[dict[str, Any]]:
+    return [json.loads(o.value) for o in out if o.topic == topic]
+
+
+async def test_every_record_gets_an_output_or_a_dead_letter(records_file: Path) -> None:
+    op = make_operator(records_file)
+    codec = RecordCodec()
+    rows = read_stream(records_file, 20)
+    batch = [record(codec.encode_event_fields(r.id, r.text), i) for i, r in enumerate(rows)]
+    batch += [record(b"{oops", 100), record(b'{"id": "x1", "text": ""}', 101),
+              record(json.dumps({"id": "x2", "text": "y" * 3000}).encode(), 102)]
+    out = await op.handle_events(batch)
+    outputs = by_topic(out, "output")
+    letters = by_topic(out, "dlq")
+    # Rows 5 and 6 have no recorded answer: during warm-up they reach the LLM, which fails.
+    assert sorted(o["id"] for o in outputs) == sorted(r.id for r in rows if r.id not in ("5", "6"))
+    assert sorted((d["reason"], d["offset"]) for d in letters) == [
+        (dl.LLM_FAILED, 5), (dl.LLM_FAILED, 6), (dl.MALFORMED_JSON, 100), (dl.MISSING_TEXT, 101),
+        (dl.OVERSIZED, 102)]
+    for o in outputs:
+        assert set(o) == {"id", "label", "stage", "confidence", "cost", "model_version",
+                          "latency_ms"}
+        assert o["label"] in TASK.labels.names and o["latency_ms"] >= 0
+    # Outputs are keyed by event id; the LLM's answers go to feedback on the input's partition.
+    assert all(o.key == o.value.split(b'"id":"')[1].split(b'"')[0] for o in out
+               if o.topic == "output")
+    feedback = [o for o in out if o.topic == "feedback"]
+    assert len(feedback) == len(outputs)
+    assert {o.partition for o in feedback} == {1}
+    assert {json.loads(o.value)["source"] for o in feedback} == {"llm"}
+    assert op.metrics.dead_letters.labels(dl.LLM_FAILED)._value.get() == 2
+
+
+async def test_feedback_joins_before_or_after_and_bad_labels_are_dead_letters(
+    records_file: Path,
+) -> None:
+    op = make_operator(records_file)
+    codec = RecordCodec()
+    rows = read_stream(records_file, 4)
+    early = record(codec.encode_feedback(rows[3].id, rows[3].label or "", "ground_truth"), 0,
+                   topic="fb")
+    bad = record(b'{"id": "0", "label": "offensive"}', 1, topic="fb")
+    result = op.handle_feedback([early, bad])
+    assert [json.loads(o.value)["reason"] for o in result.outgoing] == [dl.UNKNOWN_LABEL]
+    assert result.ack == [bad.handle]  # the early feedback stays un-acked: it waits
+    out = await op.handle_events(
+        [record(codec.encode_event_fields(r.id, r.text), 10 + i) for i, r in enumerate(rows)])
+    demos = by_topic(out, "demonstrations")
+    assert [(d["id"], d["source"]) for d in demos] == [(rows[3].id, "ground_truth")]
+    assert demos[0]["text"] == rows[3].text
+    late = record(codec.encode_feedback(rows[0].id, rows[0].label or "", "ground_truth"), 2,
+                  topic="fb")
+    result = op.handle_feedback([late])
+    assert [json.loads(o.value)["id"] for o in result.outgoing] == [rows[0].id]
+    assert result.ack == [late.handle]
+    assert op.metrics.quality._value.get() in (0.0, 1.0)
+
+
+async def test_feedback_for_an_event_that_never_comes_is_dead_lettered(records_file: Path) -> None:
+    op = make_operator(records_file)
+    op.decision_log.ttl_s = 0.05
+    orphan = record(b'{"id": "ghost", "label": "hate"}', 7, topic="fb")
+    assert op.handle_feedback([orphan]).ack == []
+    time.sleep(0.1)
+    result = op.handle_feedback([])
+    [letter] = by_topic(result.outgoing, "dlq")
+    assert (letter["reason"], letter["topic"], letter["offset"]) == (dl.FEEDBACK_UNMATCHED, "fb", 7)
+    assert result.ack == [orphan.handle]
+
+
+async def test_learner_publishes_signed_state_that_another_worker_loads(records_file: Path) -> None:
+    op = make_operator(records_file, warmup=20)
+    codec = RecordCodec()
+    rows = read_stream(records_file, 200)
+    out = await op.handle_events(
+        [record(codec.encode_event_fields(r.id, r.text), i) for i, r in enumerate(rows)])
+    demos = [json.dumps({"id": r.id, "text": r.text, "label": r.label, "source": "ground_truth"})
+             .encode() for r in rows]
+    published: list[bytes] = []
+    acked: list[Any] = []
+
+    async def publish(blob: bytes) -> None:
+        published.append(blob)
+
+    async def ack(handle: Any) -> None:
+        acked.append(handle)
+
+    signer = StateSigner(KEY)
+    learner = Learner(op.cascade, signer, publish, op.metrics, publish_interval_s=3600)
+    assert await learner.learn(demos[:100]) == 100
+    learner.hold(["a", "b"])
+    assert await learner.maybe_publish(ack)  # the first publish is due at once
+    assert acked == ["a", "b"]
+    await learner.learn([*demos[100:], b"not a demonstration"])
+    learner.hold(["c"])
+    assert not await learner.maybe_publish(ack)  # not due: the demonstrations stay un-acked
+    assert acked == ["a", "b"]
+    assert await learner.maybe_publish(ack, force=True)
+    assert acked == ["a", "b", "c"]
+    versions = [signer.verify(b).version for b in published]
+    assert versions == sorted(versions) and versions[-1] == op.cascade.version > 0
+
+    other = make_operator(records_file, warmup=20)
+    other.cascade.load_state(signer.verify(published[-1]).payload)
+    assert other.cascade.version == op.cascade.version
+    texts = [r.text for r in rows[:50]]
+    for a, b in zip(op.cascade.stages, other.cascade.stages, strict=True):
+        assert (a.predict_proba(texts) == b.predict_proba(texts)).all()
+    assert out  # the batch was answered
+
+
+def test_attach_installs_the_agents_into_a_faust_app(records_file: Path) -> None:
+    import faust
+
+    import streamcascade
+    from streamcascade.errors import ConfigurationError
+
+    cascade = make_operator(records_file).cascade
+    app = faust.App("attach-test", broker="kafka://127.0.0.1:1", web_enabled=False)
+    with pytest.raises(ConfigurationError, match="signing key"):
+        streamcascade.attach(app, cascade, source="in", sink="out", state_topic="state")
+    handle = streamcascade.attach(app, cascade, source="in", sink="out", feedback="fb",
+                                  dlq="dlq", state_topic="state", signing_key=KEY)
+    assert set(handle.agents) == {"operator", "feedback", "learner"}
+    assert handle.topics.demonstrations == "attach-test-demonstrations"
+    assert {a.name for a in app.agents.values()} >= {
+        "streamcascade-in-operator", "streamcascade-in-feedback", "streamcascade-in-learner"}
+    assert app.conf.stream_wait_empty is False
+
+
+async def test_an_unreachable_llm_gives_dead_letters_after_retries_and_the_stream_goes_on(
+    records_file: Path,
+) -> None:
+    from streamcascade.kafka_launcher import find_free_port
+    from streamcascade.models.llm.openai import OpenAIChatLLM
+
+    # A real fault: nothing listens on this port, so every call is refused, retried, then fails.
+    url = f"http://127.0.0.1:{find_free_port()}/v1"
+    llm = OpenAIChatLLM(url, "none", TASK, retries=1, backoff_base=0.01, backoff_max=0.02,
+                        timeout=2.0)
+    cascade = build_cascade(TASK, llm, CascadeConfig(stages=["river"]),
+                            river={"n_features": 2**12})
+    op = CascadeOperator(cascade, RecordCodec(), DecisionLog(), OperatorMetrics(["river", "none"]))
+    codec = RecordCodec()
+    rows = read_stream(records_file, 5)
+    out = await op.handle_events(
+        [record(codec.encode_event_fields(r.id, r.text), i) for i, r in enumerate(rows)])
+    letters = by_topic(out, "dlq")
+    assert [d["reason"] for d in letters] == [dl.LLM_FAILED] * 5  # warm-up: all go to the LLM
+    assert all(d["detail"] for d in letters)
+    assert by_topic(out, "output") == [] and by_topic(out, "feedback") == []
+    # The next batch is handled too (nothing raised, nothing stuck).
+    more = await op.handle_events([record(b"{bad", 9)])
+    assert [d["reason"] for d in by_topic(more, "dlq")] == [dl.MALFORMED_JSON]

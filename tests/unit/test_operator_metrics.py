@@ -1,0 +1,63 @@
+"""The operator's Prometheus metrics: counts per stage, rolling rates, quality on feedback."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client import generate_latest
+
+from streamcascade.kafka_launcher import find_free_port
+from streamcascade.models.types import Decision
+from streamcascade.operators.metrics import OperatorMetrics
+
+STAGES = ["river", "onnx", "llm"]
+
+
+def decision(stage_index: int) -> Decision:
+    return Decision("x", "a", 0, STAGES[stage_index], stage_index, 0.9, 1.0 + stage_index, [])
+
+
+def value(m: OperatorMetrics, name: str, **labels: str) -> float:
+    got = m.registry.get_sample_value(name, labels)
+    assert got is not None, (name, labels)
+    return got
+
+
+def test_counts_per_stage_and_rolling_deferral_rates() -> None:
+    m = OperatorMetrics(STAGES, window=4)
+    m.observe_batch([decision(0), decision(2), decision(1), decision(2)], [0.001] * 4)
+    assert value(m, "streamcascade_stage_events_in_total", stage="river") == 4
+    assert value(m, "streamcascade_stage_events_in_total", stage="onnx") == 3
+    assert value(m, "streamcascade_stage_events_in_total", stage="llm") == 2
+    assert value(m, "streamcascade_stage_events_out_total", stage="llm") == 2
+    assert value(m, "streamcascade_llm_calls_total") == 2
+    assert value(m, "streamcascade_cost_total", stage="llm") == 6.0
+    assert value(m, "streamcascade_deferral_rate", stage="river") == 0.75
+    assert abs(value(m, "streamcascade_deferral_rate", stage="onnx") - 2 / 3) < 1e-9
+    assert value(m, "streamcascade_llm_share") == 0.5
+    # The window holds the last four answers: four first-stage answers push the others out.
+    m.observe_batch([decision(0)] * 4, [0.001] * 4)
+    assert value(m, "streamcascade_llm_share") == 0.0
+    assert value(m, "streamcascade_deferral_rate", stage="river") == 0.0
+    assert value(m, "streamcascade_decision_latency_seconds_count", stage="river") == 5
+
+
+def test_rolling_quality_on_ground_truth() -> None:
+    m = OperatorMetrics(STAGES, window=2)
+    m.observe_ground_truth(1, 1)
+    m.observe_ground_truth(0, 1)
+    assert value(m, "streamcascade_rolling_accuracy") == 0.5
+    m.observe_ground_truth(1, 1)
+    assert value(m, "streamcascade_rolling_accuracy") == 0.5  # (wrong, right) in the window
+    m.observe_ground_truth(None, 1)
+    assert value(m, "streamcascade_rolling_accuracy") == 0.5
+
+
+def test_served_over_http_from_its_own_registry() -> None:
+    a, b = OperatorMetrics(STAGES), OperatorMetrics(STAGES)  # two operators never collide
+    a.dead_letters.labels("malformed_json").inc(3)
+    port = find_free_port()
+    a.serve(port)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'streamcascade_dead_letters_total{reason="malformed_json"} 3.0' in text
+    assert b"malformed_json" not in generate_latest(b.registry)

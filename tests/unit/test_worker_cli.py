@@ -1,0 +1,45 @@
+"""``streamcascade worker``'s configuration: flags, a TOML file, stage options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from streamcascade.cli import cli
+from streamcascade.commands.worker import build_settings, parse_stage_options
+from streamcascade.errors import ConfigurationError
+
+
+def test_stage_options_parse_as_json_when_they_can() -> None:
+    got = parse_stage_options(("onnx.variant=int8", "river.n_features=4096", "onnx.x=true"))
+    assert got == {"onnx": {"variant": "int8", "x": True}, "river": {"n_features": 4096}}
+    with pytest.raises(ConfigurationError, match=r"STAGE\.KEY=VALUE"):
+        parse_stage_options(("variant=int8",))
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMCASCADE_INPUT_TOPIC", "from-env")
+    monkeypatch.setenv("STREAMCASCADE_BATCH_SIZE", "7")
+    settings = build_settings(input_topic=None, batch_size=50, unrelated="ignored")
+    assert (settings.input_topic, settings.batch_size) == ("from-env", 50)
+
+
+def test_a_config_file_feeds_the_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STREAMCASCADE_BOOTSTRAP", raising=False)
+    config = tmp_path / "worker.toml"
+    config.write_text('[worker]\ninput_topic = "x"\n')
+    # No cluster is named anywhere: the worker stops before it touches Kafka, and says why.
+    result = CliRunner().invoke(cli, ["worker", "--config", str(config)])
+    assert result.exit_code != 0
+    assert "no Kafka cluster" in result.output
+    # A value from the file reaches the settings (and is validated there); a flag wins over it.
+    config.write_text("[worker]\nbatch_size = 0\n")
+    result = CliRunner().invoke(cli, ["worker", "--config", str(config)])
+    assert result.exit_code != 0 and "batch_size" in result.output
+    result = CliRunner().invoke(cli, ["worker", "--config", str(config), "--batch-size", "5"])
+    assert "no Kafka cluster" in result.output
+    config.write_text("[worker\n")
+    result = CliRunner().invoke(cli, ["worker", "--config", str(config)])
+    assert result.exit_code != 0 and "cannot read config file" in result.output
