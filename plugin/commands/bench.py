@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from streamcascade.commands import bench_kafka, bench_llm, bench_onnx
+from streamcascade.commands import bench_kafka, bench_llm, bench_onnx, bench_river
 
 
 @click.group()
@@ -15,3 +15,4 @@ def bench() -> None:
 bench.add_command(bench_onnx.command)
 bench.add_command(bench_llm.command)
 bench.add_command(bench_kafka.command)
+bench.add_command(bench_river.command)

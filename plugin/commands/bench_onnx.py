@@ -40,8 +40,8 @@ from streamcascade.onnx_exports.manifest import load_manifest
 from streamcascade.settings import Settings
 
 BATCH_SIZES = (1, 8, 32, 64)
-_DEFAULT_STREAMS = (Path("shared/datasets/imdb.jsonl.gz"),
-                    Path("/work/shared/datasets/imdb.jsonl.gz"))
+# The shared streams live beside the checkout; commands run from its root.
+_DEFAULT_STREAMS = (Path("../shared/datasets/imdb.jsonl.gz"),)
 
 
 def _rss_mb(field: str) -> float | None:

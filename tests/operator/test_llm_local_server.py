@@ -28,7 +28,8 @@ from streamcascade.models.types import Event
 # The ``local_llm`` fixture (tests/operator/conftest.py) gives ``base_url``, ``model`` and ``pid``.
 LLMEndpoint = Any
 
-DATASETS = Path(os.environ.get("STREAMCASCADE_DATASETS", "/work/shared/datasets"))
+_BESIDE_CHECKOUT = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+DATASETS = Path(os.environ.get("STREAMCASCADE_DATASETS", _BESIDE_CHECKOUT))
 
 
 def stream(name: str, count: int, max_chars: int = 400) -> list[Event]:

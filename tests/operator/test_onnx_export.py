@@ -29,7 +29,7 @@ from streamcascade.onnx_exports.manifest import (
     sha256_file,
 )
 
-_STREAMS = [Path("shared/datasets"), Path("/work/shared/datasets")]
+_STREAMS = [Path(__file__).resolve().parents[3] / "shared" / "datasets"]  # beside the checkout
 
 
 def _real_sentences() -> list[str]:
