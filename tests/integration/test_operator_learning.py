@@ -41,7 +41,9 @@ def test_every_event_is_answered_and_the_llm_share_falls(
     at_llm = [run.last_output(r.id)["stage"] == LLM for r in stream if r.id in run.outputs]
     third = len(at_llm) // 3
     first, last = sum(at_llm[:third]) / third, sum(at_llm[-third:]) / third
-    assert first > 0.9  # warm-up: everything goes to the LLM
+    # Warm-up: no stage answers before 100 demonstrations are learned, and those need 100
+    # answered events first (the first third is longer than the warm-up, so its share may dip).
+    assert all(at_llm[:100])
     assert last < first - 0.2, (first, last, learned, run.state_versions())
     # Learning reached the served model: later answers carry later model versions.
     versions = [run.last_output(r.id)["model_version"] for r in stream if r.id in run.outputs]
