@@ -24,9 +24,9 @@ from streamcascade.models.llm.factory import make_llm
 from streamcascade.models.tasks import TASKS, Task, generic_task
 from streamcascade.models.types import LabelSet
 
-# The learned policy's sweep steps its natural knob, the quality budget (the default, 0.01, is the
+# The learned policy's sweep steps its natural knob, the quality budget (the default, 0.02, is the
 # main run); a target share holds the share fixed over time, even while the stage is still poor.
-SWEEP_LOSSES = (0.0025, 0.005, 0.02, 0.04, 0.08, 0.16, 0.32)
+SWEEP_LOSSES = (0.0025, 0.005, 0.01, 0.04, 0.08, 0.16, 0.32)
 # Baseline thresholds as a share of the way from chance (1/K) to certainty.
 SWEEP_CONFIDENCE = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.96, 0.99)
 
@@ -60,7 +60,7 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
 @click.option("--mu", type=float, help="The paper's raw cost coefficient.")
 @click.option("--target-llm-share", type=float, help="Share of events sent to the LLM.")
 @click.option("--max-quality-loss", type=float,
-              help="Largest expected loss against the LLM in metric units (default 0.01).")
+              help="Largest expected loss against the LLM in metric units (default 0.02).")
 @click.option("--sweep", is_flag=True, help="Replay a range of operating points and plot them.")
 @click.option("--sweep-losses", default=",".join(map(str, SWEEP_LOSSES)), show_default=True,
               help="Quality budgets (max loss vs the LLM) of the learned policy's sweep.")
