@@ -27,6 +27,7 @@ from streamcascade.models.controller import OperatingPointController
 from streamcascade.models.learner import AnswerRecord, ImitationLearner
 from streamcascade.models.llm.base import LLMBackend
 from streamcascade.models.policy import DeferralPolicy, n_stage_extras, stage_extras
+from streamcascade.models.referee import Referee
 from streamcascade.models.stages.base import Stage
 from streamcascade.models.stages.registry import make_stage
 from streamcascade.models.state import expect, pack_state, unpack_state
@@ -145,8 +146,7 @@ class Cascade:
         self.policies = [DeferralPolicy(k, config.policy_learning_rate,
                                         calibration=config.calibration,
                                         n_extra=n_stage_extras(s)) for s in self.stages]
-        self.referees = [DeferralPolicy(k, config.policy_learning_rate,
-                                        n_extra=n_stage_extras(s)) for s in self.stages]
+        self.referees = [Referee(k) for _ in self.stages]
         mode, value = config.operating_point()
         next_costs = [s.cost for s in self.stages[1:]] + [self.llm_cost]
         self.controller = OperatingPointController(
@@ -334,11 +334,11 @@ class Cascade:
     def _load(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         for j, stage in enumerate(self.stages):
             stage.load_state(arrays[f"stage{j}"].tobytes())
-        for j, policy in enumerate(self.policies):
-            for name, model in (("policy", policy), ("referee", self.referees[j])):
-                model.load_arrays({key: arrays[f"{name}{j}_{key}"]
-                                   for key in ("weights", "grad_sq", "mean_weights")},
-                                  meta[f"{name}_updates"][j])
+        for j, (policy, referee) in enumerate(zip(self.policies, self.referees, strict=True)):
+            policy.load_arrays({key: arrays[f"policy{j}_{key}"] for key in policy.arrays()},
+                               meta["policy_updates"][j])
+            referee.load_arrays({key: arrays[f"referee{j}_{key}"] for key in referee.arrays()},
+                                meta["referee_updates"][j])
         self.controller.load(meta["controller"], {
             "window_x": arrays["controller_window_x"],
             "window_pos": arrays["controller_window_pos"]})

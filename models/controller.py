@@ -19,8 +19,9 @@ Events are ranked by their expected loss against the LLM if the stage answers,
 ``e = d * (w_other * (1 - q) - w_same * q)``, where ``d`` is the policy's probability that the
 stage disagrees with the LLM (scaled by the realised-over-predicted ratio of audited early
 answers, so an over-confident policy is corrected by what the audit sees), ``q`` the referee's
-probability that the stage is the one that is right when they disagree (learned from ground
-truth; 0, the cautious side, without it), and the ``w`` how many metric points one error costs on
+probability that the stage is the one that is right when they disagree, given the class it said
+(learned from ground truth, see :mod:`.referee`; near 0, the cautious side, without it), and the
+``w`` how many metric points one error costs on
 an event of the stage's predicted class or of another (1 for accuracy; for the F1 of a class they
 follow from the counts of true and false positives, see :meth:`error_weights`). Without ground
 truth ``e`` bounds the disagreement with the LLM; with it, ``e`` can be negative where the stage is
@@ -38,11 +39,10 @@ from typing import Any
 import numpy as np
 
 from streamcascade.models.policy import DeferralPolicy
+from streamcascade.models.referee import Referee
 
 MODES = ("mu", "llm_share", "quality_loss")
 _COUNTS = ("audit_predicted", "audit_realised", "n_truth", "tp", "fp", "fn")
-#: Referee updates at which its estimate gets half its weight (it starts at "the LLM is right").
-_REFEREE_HALF_WEIGHT = 50.0
 #: A threshold no score is below: defer everything.
 _DEFER_ALL = -1e9
 
@@ -66,7 +66,7 @@ class OperatingPointController:
         Number of recent events the thresholds are solved over, and how often (in events).
     """
 
-    def __init__(self, policies: list[DeferralPolicy], referees: list[DeferralPolicy],
+    def __init__(self, policies: list[DeferralPolicy], referees: list[Referee],
                  mode: str, value: float,
                  next_costs: list[float], audit_rate: float = 0.0, positive: int | None = None,
                  window: int = 1000, every: int = 20) -> None:
@@ -165,14 +165,13 @@ class OperatingPointController:
         d = policy.defer_proba_of(features)
         if self.mode == "mu":
             return d
-        referee = self.referees[j]
-        trust = referee.n_updates / (referee.n_updates + _REFEREE_HALF_WEIGHT)
-        q = trust * referee.defer_proba_of(features) if trust > 0 else np.zeros(len(d))
+        said = policy.predicted_class(features)
+        q = self.referees[j].stage_right_proba(said)
         w_pos, w_neg = self.error_weights()
         if self.positive is None:
             w_same = w_other = np.full(len(d), w_pos)
         else:
-            said_pos = policy.predicted_class(features) == self.positive
+            said_pos = said == self.positive
             w_same = np.where(said_pos, w_pos, w_neg)  # the stage is right: truth is its class
             w_other = np.where(said_pos, w_neg, w_pos)  # the LLM is right: truth is the other
         return np.asarray(self.audit_ratio * d * (w_other * (1 - q) - w_same * q))

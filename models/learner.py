@@ -30,6 +30,7 @@ import numpy as np
 
 from streamcascade.models.controller import OperatingPointController
 from streamcascade.models.policy import DeferralPolicy, stage_extras
+from streamcascade.models.referee import Referee
 from streamcascade.models.stages.base import Stage
 from streamcascade.models.types import (
     SOURCE_AUDIT,
@@ -73,7 +74,7 @@ class ImitationLearner:
     """
 
     def __init__(self, stages: Sequence[Stage], policies: Sequence[DeferralPolicy],
-                 referees: Sequence[DeferralPolicy], controller: OperatingPointController, *,
+                 referees: Sequence[Referee], controller: OperatingPointController, *,
                  warmup: int, exploration: float,
                  exploration_decay: float, audit_rate: float, max_importance: float,
                  source_weights: Mapping[str, float]) -> None:
@@ -144,8 +145,7 @@ class ImitationLearner:
             # The referee: where they disagree and the truth is known, who was right?
             judge = truth & (llm_label >= 0) & (said != llm_label)
             if judge.any():
-                referee.learn(proba[judge], lengths[judge], said[judge] == labels[judge],
-                              weights[judge], None if extra is None else extra[judge])
+                referee.learn(said[judge], said[judge] == labels[judge], weights[judge])
         for i, ((demo, _), record) in enumerate(zip(used, recs, strict=True)):
             if record is None:
                 continue
