@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import warnings
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamcascade.errors import ConfigurationError
+from streamcascade.operators.batching import micro_batches
 from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.dead_letters import SourcePosition
 from streamcascade.operators.decision_log import DecisionLog
@@ -55,7 +57,7 @@ class OperatorOptions:
     """How the operator batches, joins and learns (see :class:`streamcascade.settings.Settings`)."""
 
     batch_size: int = 100
-    batch_time_s: float = 0.05
+    batch_time_s: float = 0.02
     learn_batch_size: int = 500
     learn_batch_time_s: float = 0.5
     publish_interval_s: float = 2.0
@@ -66,6 +68,7 @@ class OperatorOptions:
     metrics_window: int = 1000
     fetch_max_wait_ms: int = 10
     max_in_flight_batches: int = 4
+    freeze_heap: bool = True
 
 
 @dataclass
@@ -105,6 +108,20 @@ async def send_raw(app: Any, topic: str, record: Outgoing) -> Awaitable[Any]:
 
 #: Fetch wait per app id, read by the patched consumer factory below.
 _FETCH_MAX_WAIT_MS: dict[str, int] = {}
+
+
+def freeze_heap() -> None:
+    """Collect once, then exempt every object alive now from later collections (``gc.freeze``).
+
+    A worker starts with tens of thousands of long-lived objects (Faust, aiokafka, the model and
+    its state); every full collection of the cyclic GC walks all of them and stops the event
+    loop meanwhile (measured: 72 ms pauses at 1,000 events/s). Frozen, they are never walked
+    again, and a full collection costs only what was allocated since. Startup objects that
+    become garbage later are not reclaimed: a bounded, one-off cost. It is process-wide, so in a
+    user's own app it covers the app's objects too; the ``freeze_heap`` setting turns it off.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def low_latency_fetch(app: Any, max_wait_ms: int) -> None:
@@ -291,6 +308,8 @@ def install(
                 await app.crash(exc)  # serving without the fleet's state would roll it back
                 return
         metrics.model_version.set(cascade.version)
+        if options.freeze_heap:
+            freeze_heap()
         ready.set()
 
     async def stop_watcher(*_args: Any, **_kwargs: Any) -> None:
@@ -307,7 +326,7 @@ def install(
     async def operator_agent(stream: Any) -> None:
         await ready.wait()
         writer = PipelinedWriter(app, stream, send, options.max_in_flight_batches)
-        async for events in stream.noack_take(options.batch_size, within=options.batch_time_s):
+        async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
             outgoing = await operator.handle_events([record_of(e) for e in events])
             await writer.write_then_ack(outgoing, events)
 
@@ -321,7 +340,7 @@ def install(
         async def feedback_agent(stream: Any) -> None:
             await ready.wait()
             feedback_streams.append(stream)
-            async for events in stream.noack_take(options.batch_size, within=options.batch_time_s):
+            async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
                 result = operator.handle_feedback([record_of(e) for e in events])
                 await write_all(send, result.outgoing)
                 for event in result.ack:
@@ -346,8 +365,8 @@ def install(
         await ready.wait()
         learner.published_version = max(learner.published_version, int(cascade.version))
         learner_streams.append(stream)
-        async for events in stream.noack_take(options.learn_batch_size,
-                                              within=options.learn_batch_time_s):
+        async for events in micro_batches(stream, options.learn_batch_size,
+                                          options.learn_batch_time_s):
             await learner.learn([e.message.value for e in events])
             if state_topic is None:  # nothing to publish: learned is done
                 for event in events:

@@ -1,11 +1,12 @@
 """The cascade operator: micro-batches of events in, answers out, feedback joined for the learner.
 
 One event's path: the operator agent reads a batch of raw records from the input topic
-(``stream.noack_take``, bounded in count and time), decodes them (bad ones become dead letters),
-asks the cascade, writes each answer to the output topic keyed by the event id, writes the LLM's
-answers to the feedback topic (source ``llm``), and acks the batch's records only once the broker
-has every record written for it, so that Faust commits their offsets (at least once). The writes
-of a batch overlap with answering the next (``install.PipelinedWriter``).
+(``batching.micro_batches``, bounded in count and in the wait of its first record), decodes them
+(bad ones become dead letters), asks the cascade, writes each answer to the output topic keyed by
+the event id, writes the LLM's answers to the feedback topic (source ``llm``), and acks the
+batch's records only once the broker has every record written for it, so that Faust commits
+their offsets (at least once). The writes of a batch overlap with answering the next
+(``install.PipelinedWriter``).
 
 The feedback agent reads the feedback topic, which is co-partitioned with the input topic (same
 partition count, keyed by event id; the operator writes the LLM's feedback to the input record's

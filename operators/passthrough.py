@@ -1,8 +1,9 @@
 """A pass-through agent: the baseline of ``streamcascade bench kafka``.
 
-It does everything the operator does around the cascade (micro-batches, decoding, an output per
-event keyed by id, the same pipelined writer that acks only what the broker has) and nothing
-else, so that the benchmark measures what the cascade costs on top of Faust and Kafka.
+It does everything the operator does around the cascade (the same micro-batches, consumer
+settings and heap handling, decoding, an output per event keyed by id, the same pipelined writer
+that acks only what the broker has) and nothing else, so that the benchmark measures what the
+cascade costs on top of Faust and Kafka.
 """
 
 from __future__ import annotations
@@ -12,8 +13,17 @@ from typing import Any
 
 from streamcascade.errors import RecordError
 from streamcascade.models.types import Decision
+from streamcascade.operators.batching import micro_batches
 from streamcascade.operators.codec import RecordCodec
-from streamcascade.operators.install import PipelinedWriter, raw_topic, record_of, send_raw
+from streamcascade.operators.install import (
+    OperatorOptions,
+    PipelinedWriter,
+    freeze_heap,
+    low_latency_fetch,
+    raw_topic,
+    record_of,
+    send_raw,
+)
 from streamcascade.operators.operator import Outgoing
 
 
@@ -22,20 +32,23 @@ def install_passthrough(
     source: str,
     sink: str,
     codec: RecordCodec | None = None,
-    batch_size: int = 100,
-    batch_time_s: float = 0.05,
-    max_in_flight: int = 4,
+    options: OperatorOptions | None = None,
 ) -> Any:
-    """Add the pass-through agent to ``app``; returns the agent."""
+    """Add the pass-through agent to ``app``, set up as the operator would be; returns the
+    agent."""
     codec = codec or RecordCodec()
+    options = options or OperatorOptions()
+    low_latency_fetch(app, options.fetch_max_wait_ms)
     out_topic = raw_topic(app, sink)
 
     async def send(record: Outgoing) -> Any:
         return await send_raw(app, out_topic.get_topic_name(), record)
 
     async def passthrough_agent(stream: Any) -> None:
-        writer = PipelinedWriter(app, stream, send, max_in_flight)
-        async for events in stream.noack_take(batch_size, within=batch_time_s):
+        if options.freeze_heap:
+            freeze_heap()
+        writer = PipelinedWriter(app, stream, send, options.max_in_flight_batches)
+        async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
             outgoing = []
             now = time.monotonic()
             for record in (record_of(e) for e in events):

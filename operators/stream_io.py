@@ -130,6 +130,34 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
     return int(process.returncode)
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessTimes:
+    """Where a process's threads spent their time so far (Linux ``/proc``), in seconds."""
+
+    #: On a core (user and system), all threads together.
+    cpu_s: float
+    #: Ready to run but waiting for a core (the scheduler's run queue), all threads together.
+    runqueue_s: float
+
+
+def process_times(pid: int) -> ProcessTimes | None:
+    """The CPU and run-queue times of process ``pid``'s threads; None where ``/proc`` lacks them.
+
+    The difference of two readings says what a phase cost the process, and how much of it the
+    process spent waiting for a core that other processes held (a busy machine, not its code).
+    """
+    cpu_ns = wait_ns = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as stat:
+                on_cpu, waiting, _slices = stat.read().split()
+            cpu_ns += int(on_cpu)
+            wait_ns += int(waiting)
+    except (OSError, ValueError):
+        return None
+    return ProcessTimes(cpu_ns / 1e9, wait_ns / 1e9)
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
     """Call ``predicate()`` until it is true or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout

@@ -39,6 +39,8 @@ def options_from(settings: Settings) -> OperatorOptions:
         decision_ttl_s=settings.decision_ttl_s,
         decision_log_size=settings.decision_log_size,
         state_max_bytes=settings.state_max_bytes,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        freeze_heap=settings.freeze_heap,
     )
 
 

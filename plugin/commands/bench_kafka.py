@@ -9,10 +9,17 @@ Two measurements, each on fresh topics of the same broker, in one run:
    worker start-up is not counted. ``throughput_ratio`` is the operator's over the pass-through's.
 2. **Latency.** The warm cascade worker on a stream produced at ``--rate`` events/s; an answer's
    latency is its output record's timestamp minus its input record's (both create times on this
-   machine's clock), so it covers the producer, the broker, the micro-batch wait, the cascade and
-   the write. ``p99_stage1_ms`` is over the answers of the first stage; the pass-through agent
-   runs at the same rate first, and its ``p50_passthrough_ms``/``p99_passthrough_ms`` are what
-   the plumbing alone costs on the same machine.
+   machine's clock: the bench stamps an event when it calls ``produce()``, with a 1 ms linger;
+   the worker's producer stamps an answer when it is handed over, before the broker acknowledges
+   it). So it covers the producer, the broker, the fetch, the micro-batch wait and the cascade.
+   ``p99_stage1_ms`` is over the answers of the first stage; the pass-through agent runs at the
+   same rate first, and its ``p50_passthrough_ms``/``p99_passthrough_ms`` are what the plumbing
+   alone costs on the same machine. Each run also reports ``<mode>_latency_breakdown_ms``
+   (``in_worker``: from Faust handing the record to the agent to the answer, i.e. the batch wait
+   and the answering; ``to_worker``: everything before), ``<mode>_cpu_ms_per_event`` (the
+   worker's threads together) and ``<mode>_cpu_wait_share`` (of the time the worker's threads
+   were ready to run, the share they waited for a core: the machine being busy with other work,
+   not the worker's code), and the load average when it started.
 
 The cascade is warmed first, as a long-running operator would be: it learns the ground truth of
 the stream's first ``--warm`` events in this process, and that state is published (signed) to the
@@ -173,6 +180,56 @@ def _throughput(got: dict[str, tuple[dict[str, Any], int]]) -> float:
     return (len(stamps) - 1) / span if span > 0 else float("nan")
 
 
+def _loadavg() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (Linux), to read the figures against."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str
+                 ) -> tuple[dict[str, Any], list[float]]:
+    """Stream ``rows[1:]`` at ``rate`` through a started worker; its figures, keyed by ``mode``,
+    and the latencies (ms) of its first-stage answers.
+
+    Beside the end-to-end latency it reports where the time went: ``in_worker`` is the
+    output's own ``latency_ms`` (from Faust handing the record to the agent to its answer being
+    written: the micro-batch wait and the answering), ``to_worker`` the rest (the bench's
+    producer, the broker, the fetch and Faust's hand-over). The worker's CPU per event, and the
+    share of the time its threads were ready to run but waited for a core, tell the cost of the
+    code from the business of the machine.
+    """
+    from streamcascade.operators.stream_io import process_times
+
+    # Wait until the worker answers, so that start-up is not counted as latency.
+    _produce(dep.bootstrap, dep.topics["input"], rows[:1], None)
+    _collect(dep, {rows[0].id}, timeout=120)
+    click.echo(f"latency, {mode}: {len(rows) - 1} events at {rate:g}/s ...", err=True)
+    load = _loadavg()
+    before = process_times(dep.worker.pid)
+    sent = _produce(dep.bootstrap, dep.topics["input"], rows[1:], rate)
+    got = _collect(dep, set(sent), timeout=120)
+    after = process_times(dep.worker.pid)
+    total = {i: float(ts - sent[i]) for i, (_, ts) in got.items() if i in sent}
+    inside = {i: float(v["latency_ms"]) for i, (v, _) in got.items() if i in sent}
+    figures: dict[str, Any] = {
+        f"p50_{mode}_ms": _percentile(list(total.values()), 50),
+        f"p99_{mode}_ms": _percentile(list(total.values()), 99),
+        f"{mode}_latency_breakdown_ms": {
+            part: {"p50": _percentile(values, 50), "p99": _percentile(values, 99)}
+            for part, values in (("in_worker", list(inside.values())),
+                                 ("to_worker", [total[i] - inside[i] for i in total]))},
+        f"{mode}_loadavg": load,
+    }
+    if before is not None and after is not None:
+        cpu, waited = after.cpu_s - before.cpu_s, after.runqueue_s - before.runqueue_s
+        figures[f"{mode}_cpu_ms_per_event"] = cpu * 1e3 / max(len(sent), 1)
+        figures[f"{mode}_cpu_wait_share"] = waited / (cpu + waited) if cpu + waited else 0.0
+    stage1 = [total[i] for i, (v, _) in got.items() if i in total and v["stage"] == "river"]
+    return figures, stage1
+
+
 def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, seconds: float,
               target_share: float, out_dir: Path, batch_time: float = 0.02) -> dict[str, Any]:
     from streamcascade.demo import DATA
@@ -217,6 +274,7 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
         result["throughput_ratio"] = result["operator_events_per_s"] / result[
             "passthrough_events_per_s"]
 
+        stage1: list[float] = []
         # Distinct events (ids key the latency pairs), from the part of the stream not learned.
         latency_rows = rows[warm : warm + 1 + int(rate * seconds)]
         if len(latency_rows) < 1 + int(rate * seconds):
@@ -228,21 +286,13 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
                               target_share, None if mode == "passthrough" else state, batch_time)
             dep.start()
             try:
-                # Wait until the worker answers, so that start-up is not counted as latency.
-                _produce(bootstrap, dep.topics["input"], latency_rows[:1], None)
-                _collect(dep, {latency_rows[0].id}, timeout=120)
-                click.echo(f"latency, {mode}: {len(latency_rows) - 1} events at {rate:g}/s ...",
-                           err=True)
-                sent = _produce(bootstrap, dep.topics["input"], latency_rows[1:], rate)
-                got = _collect(dep, set(sent), timeout=120)
+                figures, answers = _latency_run(dep, latency_rows, rate, mode)
             finally:
                 dep.stop()
-            every = [ts - sent[i] for i, (_, ts) in got.items() if i in sent]
-            result[f"p50_{mode}_ms"] = _percentile(every, 50)
-            result[f"p99_{mode}_ms"] = _percentile(every, 99)
-    stage1 = [ts - sent[i] for i, (v, ts) in got.items() if v["stage"] == "river" and i in sent]
+            result.update(figures)
+            stage1 = answers if mode == "operator" else stage1
     result.update({
-        "latency_events": len(sent), "latency_stage1_answers": len(stage1),
+        "latency_events": len(latency_rows) - 1, "latency_stage1_answers": len(stage1),
         "p50_stage1_ms": _percentile(stage1, 50), "p99_stage1_ms": _percentile(stage1, 99),
     })
     return result
@@ -277,6 +327,7 @@ def command(json_out: str, bootstrap: str | None, events: int, warm: int, rate: 
     except StreamcascadeError as exc:
         raise click.ClickException(str(exc)) from None
     out.write_text(json.dumps(result, indent=2) + "\n")
-    click.echo(json.dumps({k: result[k] for k in (
-        "throughput_ratio", "p99_stage1_ms", "passthrough_events_per_s", "operator_events_per_s",
-        "operator_stage1_share", "p50_stage1_ms")}, indent=2))
+    click.echo(json.dumps({k: result.get(k) for k in (
+        "throughput_ratio", "p99_stage1_ms", "p50_stage1_ms", "p50_passthrough_ms",
+        "p99_passthrough_ms", "passthrough_events_per_s", "operator_events_per_s",
+        "operator_stage1_share", "operator_loadavg", "operator_cpu_wait_share")}, indent=2))
