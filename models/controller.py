@@ -189,6 +189,13 @@ class OperatingPointController:
         finite = e[np.isfinite(e)]
         candidates = np.unique(np.concatenate(
             [[_DEFER_ALL], np.quantile(finite, np.linspace(0, 1, 201))]))
+        if self.n_stages == 1:
+            return np.full(1, self._solve_one(e[:, 0], candidates))
+        return np.full(self.n_stages, self._solve_stages(e, candidates))
+
+    def _solve_stages(self, e: np.ndarray, candidates: np.ndarray) -> float:
+        """The shared threshold among ``candidates`` for expected losses ``e`` ``(M, stages)``
+        (``nan`` where a stage did not run)."""
         e_inf = np.where(np.isfinite(e), e, np.inf)
         # below[c, i, j]: stage j would answer event i under candidate threshold c.
         below = e_inf[None, :, :] <= candidates[:, None, None]
@@ -207,7 +214,22 @@ class OperatingPointController:
             loss = (first * np.where(np.isfinite(e), e, 0.0)[None]).sum(axis=(1, 2)) / len(e)
             ok = np.flatnonzero(loss <= self.value)
             best = candidates[ok[-1]] if ok.size else _DEFER_ALL
-        return np.full(self.n_stages, float(best))
+        return float(best)
+
+    def _solve_one(self, e: np.ndarray, candidates: np.ndarray) -> float:
+        """:meth:`_solve_stages` for one stage, by sorting: the same answer without its (C, M)
+        masks (this runs every ``every`` events on the operator's event loop)."""
+        m = len(e)
+        ranked = np.sort(e[np.isfinite(e)])
+        answered = np.searchsorted(ranked, candidates, side="right")  # per candidate
+        if self.mode == "llm_share":
+            share = 1.0 - answered / m
+            calls = share + (1 - share) * self.audit_rate
+            ok = np.flatnonzero(calls <= self.value)
+            return float(candidates[ok[0]] if ok.size else candidates[-1])
+        loss = np.concatenate([[0.0], np.cumsum(ranked)])[answered] / m
+        ok = np.flatnonzero(loss <= self.value)
+        return float(candidates[ok[-1]] if ok.size else _DEFER_ALL)
 
     # -- state ------------------------------------------------------------------------------------
 
