@@ -16,7 +16,7 @@ The cascade owns routing; :mod:`.learner` owns the update; neither does I/O.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -174,8 +174,13 @@ class Cascade:
     def _explores(self) -> bool:
         return True
 
-    async def answer(self, events: Sequence[Event]) -> list[Decision]:
-        """Answer a batch of events; deferred (and audited) ones are sent to the LLM together."""
+    async def answer(self, events: Sequence[Event],
+                     on_early: Callable[[list[Decision]], None] | None = None) -> list[Decision]:
+        """Answer a batch of events; deferred (and audited) ones are sent to the LLM together.
+
+        ``on_early`` is called with the early answers (those no LLM call touches) before the LLM
+        is asked, so that a caller can write them without waiting for the LLM's latency; they are
+        also in the returned list, which is in the order of ``events``."""
         n, s = len(events), len(self.stages)
         if n == 0:
             return []
@@ -222,6 +227,14 @@ class Cascade:
         audited = early_idx[self._rng.random(early_idx.size) < self.config.audit_rate] if (
             early_idx.size and self.config.audit_rate > 0 and self._explores()) else early_idx[:0]
         to_llm = np.concatenate([remaining, audited])
+        decided: dict[int, Decision] = {}
+        if on_early is not None:
+            final = np.setdiff1d(early_idx, audited)
+            decided = {i: self._decision(events[i], int(labels[i]), int(exit_at[i]),
+                                         float(confidence[i]), float(cost[i]), paths[i], None)
+                       for i in final.tolist()}
+            if decided:
+                on_early(list(decided.values()))
         errors: list[str | None] = [None] * n
         llm_labels: list[int | None] = [None] * n
         if to_llm.size:
@@ -255,7 +268,8 @@ class Cascade:
                 int(labels[i]) if labels[i] >= 0 else None, bool(was_audited[i])))
         # An audited event was answered by the LLM; its record keeps the stage it would have left.
         answered_by = np.where(was_audited & (labels >= 0), s, exit_at)
-        return [self._decision(events[i], int(labels[i]), int(answered_by[i]),
+        return [decided[i] if i in decided else
+                self._decision(events[i], int(labels[i]), int(answered_by[i]),
                                float(confidence[i]), float(cost[i]), paths[i], errors[i])
                 for i in range(n)]
 

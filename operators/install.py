@@ -157,6 +157,8 @@ class PipelinedWriter:
     """Writes a batch's records, and acks its input records once the broker has them all.
 
     Batches are pipelined: while the broker acknowledges one batch, the agent answers the next.
+    A batch's early answers are written while the LLM answers the rest of it
+    (:meth:`write_early`).
     A batch's records are acked only when every output and dead letter of it is written (Faust
     commits only contiguous acked offsets, so the order in which batches complete does not
     matter). At most ``max_in_flight`` batches wait; a failed write crashes the app, leaving its
@@ -169,10 +171,21 @@ class PipelinedWriter:
         self.send = send
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: set[asyncio.Future[None]] = set()  # referenced until done
+        self._early: list[asyncio.Future[Any]] = []  # of the batch being answered
+
+    def write_early(self, outgoing: Sequence[Outgoing]) -> None:
+        """Start writing records of the batch being answered now (its early answers); the
+        batch's :meth:`write_then_ack` waits for them too before it acks."""
+        self._early.extend(asyncio.ensure_future(self._deliver(r)) for r in outgoing)
+
+    async def _deliver(self, record: Outgoing) -> Any:
+        return await (await self.send(record))
 
     async def write_then_ack(self, outgoing: Sequence[Outgoing], events: Sequence[Any]) -> None:
         await self._slots.acquire()
-        deliveries = [await self.send(record) for record in outgoing]
+        deliveries: list[Awaitable[Any]] = list(self._early)
+        self._early = []
+        deliveries += [await self.send(record) for record in outgoing]
         task = asyncio.ensure_future(self._ack_when_written(deliveries, list(events)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -327,7 +340,8 @@ def install(
         await ready.wait()
         writer = PipelinedWriter(app, stream, send, options.max_in_flight_batches)
         async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
-            outgoing = await operator.handle_events([record_of(e) for e in events])
+            outgoing = await operator.handle_events([record_of(e) for e in events],
+                                                    writer.write_early)
             await writer.write_then_ack(outgoing, events)
 
     handle.agents["operator"] = app.agent(

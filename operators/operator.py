@@ -117,8 +117,15 @@ class CascadeOperator:
         letter = dl.DeadLetter(record.value or b"", reason, record.position, detail, record.key)
         return Outgoing("dlq", record.key, self.codec.encode_dead_letter(letter))
 
-    async def handle_events(self, records: Sequence[InRecord]) -> list[Outgoing]:
-        """Answer a batch of input records; every record yields an output or a dead letter."""
+    async def handle_events(
+        self, records: Sequence[InRecord],
+        write_early: Callable[[list[Outgoing]], None] | None = None,
+    ) -> list[Outgoing]:
+        """Answer a batch of input records; every record yields an output or a dead letter.
+
+        With ``write_early``, the outputs of early answers are handed to it as soon as the
+        cascade has them, before the LLM answers the rest of the batch (a first-stage answer
+        does not wait for the LLM's latency); the returned records are then the others."""
         self.metrics.events_in.inc(len(records))
         out: list[Outgoing] = []
         events: list[Event] = []
@@ -131,8 +138,12 @@ class CascadeOperator:
                 out.append(self._letter(record, exc.reason, exc.detail))
         if not events:
             return out
+        written: dict[str, float] = {}  # event id -> latency of its early output
+        hook: dict[str, Any] = {}
+        if write_early is not None:
+            hook["on_early"] = self._early_writer(events, sources, written, write_early)
         try:
-            decisions = await self.cascade.answer(events)
+            decisions = await self.cascade.answer(events, **hook)
         except Exception as exc:  # the stream goes on: the batch becomes dead letters
             log.exception("the cascade failed on a batch of %d events", len(events))
             detail = f"{type(exc).__name__}: {exc}"[:300]
@@ -145,17 +156,39 @@ class CascadeOperator:
             if decision.label is None:
                 out.append(self._letter(record, dl.LLM_FAILED, decision.error or "no answer"))
                 continue
-            latency = now - record.received_at
             answered.append(decision)
-            latencies.append(latency)
-            key = self.codec.key(event.id)
-            out.append(Outgoing("output", key, self.codec.encode_output(decision, latency * 1e3)))
+            if event.id in written:
+                latencies.append(written[event.id])
+            else:
+                latency = now - record.received_at
+                latencies.append(latency)
+                out.append(Outgoing("output", self.codec.key(event.id),
+                                    self.codec.encode_output(decision, latency * 1e3)))
             for match in self.decision_log.record(event, decision.label_index, decision.stage):
                 out.extend(self._joined(match))
         self.metrics.observe_batch(answered, latencies)
         partition_of = {e.id: r.position.partition for e, r in zip(events, sources, strict=True)}
         out.extend(self._expert_feedback(partition_of))
         return out
+
+    def _early_writer(self, events: Sequence[Event], sources: Sequence[InRecord],
+                      written: dict[str, float],
+                      write: Callable[[list[Outgoing]], None]) -> Callable[[list[Decision]], None]:
+        """The cascade's ``on_early`` hook: encode early answers and hand them to ``write``,
+        noting each one's latency in ``written``."""
+        received = {e.id: r.received_at for e, r in zip(events, sources, strict=True)}
+
+        def on_early(decisions: list[Decision]) -> None:
+            now = self.clock()
+            batch = []
+            for decision in decisions:
+                latency = now - received[decision.event_id]
+                written[decision.event_id] = latency
+                batch.append(Outgoing("output", self.codec.key(decision.event_id),
+                                      self.codec.encode_output(decision, latency * 1e3)))
+            write(batch)
+
+        return on_early
 
     def _expert_feedback(self, partition_of: dict[str, int]) -> list[Outgoing]:
         """The LLM's answers of this batch (deferred and audited events) as feedback records."""

@@ -6,6 +6,7 @@ What the Faust agents add around it (reading, writing, acking) is tested against
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import time
@@ -215,3 +216,39 @@ async def test_an_unreachable_llm_gives_dead_letters_after_retries_and_the_strea
     # The next batch is handled too (nothing raised, nothing stuck).
     more = await op.handle_events([record(b"{bad", 9)])
     assert [d["reason"] for d in by_topic(more, "dlq")] == [dl.MALFORMED_JSON]
+
+
+class GatedLLM(RecordedLLM):
+    """Recorded answers, given only once the gate opens (or an error after a second)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+
+    async def answer(self, events: Any) -> Any:
+        await asyncio.wait_for(self.gate.wait(), timeout=1.0)
+        return await super().answer(events)
+
+
+async def test_early_answers_are_written_before_the_llm_answers(records_file: Path) -> None:
+    llm = GatedLLM(records_file, LLM, TASK)
+    # No warm-up and a price that makes every answer early, but half explored: both kinds.
+    cascade = build_cascade(TASK, llm, CascadeConfig(stages=["river"], mu=1.0, warmup=0,
+                                                     exploration=0.5, audit_rate=0.0))
+    op = CascadeOperator(cascade, RecordCodec(), DecisionLog(ttl_s=30),
+                         OperatorMetrics(["river", LLM]))
+    codec = RecordCodec()
+    rows = [r for r in read_stream(records_file, 60) if r.id not in ("5", "6")]
+    batch = [record(codec.encode_event_fields(r.id, r.text), i) for i, r in enumerate(rows)]
+    early: list[Outgoing] = []
+
+    def write_early(out: list[Outgoing]) -> None:
+        early.extend(out)
+        llm.gate.set()  # the LLM answers only after the early outputs were handed over
+
+    out = await op.handle_events(batch, write_early)
+    first = by_topic(early, "output")
+    rest = by_topic(out, "output")
+    assert first and rest
+    assert {o["stage"] for o in first} == {"river"} and {o["stage"] for o in rest} == {LLM}
+    assert sorted(o["id"] for o in first + rest) == sorted(r.id for r in rows)  # once each
