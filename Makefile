@@ -31,7 +31,7 @@ $(STAMP_INSTALL): $(STAMP_VENV) pyproject.toml
 
 # Generated model files (git-ignored, in the cache), redone when the package is reinstalled:
 # the MiniLM encoder exported to ONNX (fp32 and int8) with its parity checks and manifest.
-$(STAMP_MODELS): $(STAMP_INSTALL)
+$(STAMP_MODELS): $(STAMP_INSTALL) onnx_exports/export.py onnx_exports/encoder.py onnx_exports/models.json
 	$(BIN)/streamcascade onnx export > /dev/null
 	touch $@
 

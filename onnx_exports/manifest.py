@@ -3,10 +3,12 @@
 An export directory (by default ``$STREAMCASCADE_CACHE_DIR/onnx/<model>``, i.e.
 ``~/.cache/streamcascade/onnx/minilm-l6``) holds::
 
-    model.onnx          fp32 encoder: (input_ids, attention_mask) -> L2-normalised embedding
+    model.onnx          fp32 encoder: (input_ids, attention_mask) -> L2-normalised embedding,
+                        its graph fused by ONNX Runtime's transformer optimiser
     model.int8.onnx     the same, int8 dynamic quantisation (optional)
     tokenizer.json      copied from the weight package
-    manifest.json       what was exported from what, sha256 of every file, parity figures
+    manifest.json       what was exported from what, sha256 of every file, parity figures, the
+                        optimisation applied and the online optimisers its sessions must disable
 
 The ONNX stage reads only the manifest and the files it names, checking each file's sha256 before
 it is loaded, so a truncated or swapped file is a :class:`~streamcascade.errors.ModelFileError`
@@ -116,6 +118,16 @@ class Manifest:
     @property
     def dimensions(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.data["dimensions"].items()}
+
+    @property
+    def disabled_optimizers(self) -> list[str]:
+        """ONNX Runtime optimisers every session of this export turns off (none if not recorded).
+
+        Pass them as ``InferenceSession(..., disabled_optimizers=...)``; why they are turned off is
+        written in :mod:`streamcascade.onnx_exports.export`.
+        """
+        return [str(name) for name in
+                self.data.get("optimization", {}).get("disabled_optimizers", [])]
 
     def has(self, kind: str) -> bool:
         return kind in self.data.get("files", {})

@@ -195,7 +195,9 @@ class OnnxEncoderStage(Stage):
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(str(path), options, providers=self.session_providers)
+            session = ort.InferenceSession(
+                str(path), options, providers=self.session_providers,
+                disabled_optimizers=self.manifest.disabled_optimizers)
         except Exception as exc:  # onnxruntime raises its own unexported exception types
             if self.session_providers != [CPU]:
                 log.warning("ONNX Runtime could not start %s (%s); falling back to CPU",

@@ -6,7 +6,9 @@ Runtime's intra-op threads, one inter-op thread each):
 - ``torch_transformers``: ``transformers.BertModel`` (its default SDPA attention) + mean pooling +
   L2, the reference implementation a user would otherwise run (when transformers is importable);
 - ``torch_encoder``: the module that was exported (``onnx_exports/encoder.py``), in eager mode;
-- ``onnx_fp32`` and ``onnx_int8``: the exported models in ONNX Runtime (graph optimisation ALL).
+- ``onnx_fp32`` and ``onnx_int8``: the exported models in ONNX Runtime (graph optimisation ALL,
+  less the online optimisers the export's manifest disables; the graph fusions were done once at
+  export, see ``setup.optimization``).
 
 Every engine gets the very same pre-tokenized batches (real review sentences truncated to
 ``max_length`` tokens, each batch padded to its longest text). Engines take turns batch by batch,
@@ -110,7 +112,8 @@ def _engines(model_dir: Path, threads: int) -> dict[str, Callable[[np.ndarray, n
     for kind in ("fp32", "int8"):
         if manifest.has(kind):
             session = ort.InferenceSession(str(manifest.verified_path(kind)), options,
-                                           providers=["CPUExecutionProvider"])
+                                           providers=["CPUExecutionProvider"],
+                                           disabled_optimizers=manifest.disabled_optimizers)
             engines[f"onnx_{kind}"] = (lambda s: lambda i, m: s.run(
                 None, {"input_ids": i, "attention_mask": m})[0])(session)
     return engines
@@ -187,6 +190,7 @@ def run_benchmark(model_dir: Path, *, threads: int, events: int, rounds: int, ma
             "processor": platform.processor(), "python": platform.python_version(),
             "load_average_after": list(os.getloadavg()), "rss_mb_before_models": rss_before,
             "versions": manifest.data.get("export", {}).get("versions", {}),
+            "optimization": manifest.data.get("optimization"),
         },
     }
     return result

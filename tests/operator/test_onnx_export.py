@@ -64,6 +64,35 @@ def test_manifest_names_verified_files_and_parity(exported: Manifest) -> None:
     assert not list(exported.directory.parent.glob(".*partial"))
 
 
+def test_export_is_fused_and_its_sessions_keep_layer_norm_separate(
+        exported: Manifest, tmp_path: Path) -> None:
+    """Each layer becomes one Attention and one BiasGelu node, quantised to QAttention in int8.
+
+    ONNX Runtime's online SkipLayerNormFusion would turn Add + LayerNormalization into its slow
+    scalar SkipLayerNormalization kernel; the sessions built as the manifest says must not have it.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    layers = exported.dimensions["layers"]
+    optimization = exported.data["optimization"]
+    assert optimization["fused"] == {"Attention": layers, "BiasGelu": layers}
+    assert optimization["int8_quantized"] == {"Attention": layers, "MatMul": 3 * layers}
+    assert exported.disabled_optimizers == ["SkipLayerNormFusion"]
+    for kind, fused_attention in (("fp32", "Attention"), ("int8", "QAttention")):
+        saved = tmp_path / f"{kind}.session.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(saved)
+        ort.InferenceSession(str(exported.verified_path(kind)), options,
+                             providers=["CPUExecutionProvider"],
+                             disabled_optimizers=exported.disabled_optimizers)
+        ops = [node.op_type for node in onnx.load(str(saved)).graph.node]
+        assert ops.count(fused_attention) == layers, kind
+        assert "SkipLayerNormalization" not in ops, kind
+        assert ops.count("LayerNormalization") == 2 * layers + 1, kind
+
+
 def test_onnx_matches_torch_on_real_sentences_with_dynamic_axes(exported: Manifest) -> None:
     from tokenizers import Tokenizer
 

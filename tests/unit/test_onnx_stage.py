@@ -242,6 +242,19 @@ def test_unavailable_cuda_falls_back_to_cpu(stage_factory, caplog) -> None:  # t
     assert stage.predict_proba(["still answers"]).shape == (1, 2)
 
 
+def test_sessions_disable_what_the_manifest_names(model_dir: Path, tmp_path: Path) -> None:
+    """The export records the online optimisers to turn off; an older manifest names none."""
+    assert "SkipLayerNormFusion" in load_manifest(model_dir).disabled_optimizers
+    copy = _copy_small(model_dir, tmp_path)
+    path = copy / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    del data["optimization"]
+    path.write_text(json.dumps(data))
+    assert load_manifest(copy).disabled_optimizers == []
+    stage = OnnxEncoderStage(BINARY, model_dir=copy, variant="fp32", threads=1)
+    assert stage.predict_proba(["an export made before the optimisation step"]).shape == (1, 2)
+
+
 # -- broken model files ---------------------------------------------------------------------------
 
 
