@@ -17,6 +17,7 @@ import heapq
 import json
 import random
 import secrets
+import sys
 import tempfile
 import time
 import urllib.request
@@ -90,7 +91,9 @@ def run_stream(
     try:
         start = time.monotonic()
         produced = 0
-        bar = tqdm(total=len(rows), desc="events answered", unit="ev")
+        # On a terminal the bar redraws in place; in a log (CI) each redraw is a line: fewer.
+        bar = tqdm(total=len(rows), desc="events answered", unit="ev",
+                   mininterval=0.1 if sys.stderr.isatty() else 5.0)
         while len(outputs) + len(dead) < len(rows) or due:
             now = time.monotonic()
             if worker.poll() is not None:
