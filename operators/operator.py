@@ -147,7 +147,9 @@ class CascadeOperator:
         except Exception as exc:  # the stream goes on: the batch becomes dead letters
             log.exception("the cascade failed on a batch of %d events", len(events))
             detail = f"{type(exc).__name__}: {exc}"[:300]
-            out.extend(self._letter(r, dl.CASCADE_ERROR, detail) for r in sources)
+            # Events whose early answer is already written are answered: no dead letter too.
+            out.extend(self._letter(r, dl.CASCADE_ERROR, detail)
+                       for e, r in zip(events, sources, strict=True) if e.id not in written)
             return out
         now = self.clock()
         answered: list[Decision] = []

@@ -219,19 +219,25 @@ async def test_an_unreachable_llm_gives_dead_letters_after_retries_and_the_strea
 
 
 class GatedLLM(RecordedLLM):
-    """Recorded answers, given only once the gate opens (or an error after a second)."""
+    """Recorded answers, given only once the gate opens (or an error after a second); with
+    ``crash``, an exception instead once the gate opens."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, crash: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gate = asyncio.Event()
+        self.crash = crash
 
     async def answer(self, events: Any) -> Any:
         await asyncio.wait_for(self.gate.wait(), timeout=1.0)
+        if self.crash:
+            raise RuntimeError("the LLM client broke")
         return await super().answer(events)
 
 
-async def test_early_answers_are_written_before_the_llm_answers(records_file: Path) -> None:
-    llm = GatedLLM(records_file, LLM, TASK)
+@pytest.mark.parametrize("crash", [False, True])
+async def test_early_answers_are_written_before_the_llm_answers(records_file: Path,
+                                                                crash: bool) -> None:
+    llm = GatedLLM(records_file, LLM, TASK, crash=crash)
     # No warm-up and a price that makes every answer early, but half explored: both kinds.
     cascade = build_cascade(TASK, llm, CascadeConfig(stages=["river"], mu=1.0, warmup=0,
                                                      exploration=0.5, audit_rate=0.0))
@@ -248,6 +254,12 @@ async def test_early_answers_are_written_before_the_llm_answers(records_file: Pa
 
     out = await op.handle_events(batch, write_early)
     first = by_topic(early, "output")
+    if crash:  # the rest of the batch becomes dead letters, the early answers do not
+        letters = by_topic(out, "dlq")
+        assert first and letters and not by_topic(out, "output")
+        assert {d["reason"] for d in letters} == {dl.CASCADE_ERROR}
+        assert len(first) + len(letters) == len(rows)
+        return
     rest = by_topic(out, "output")
     assert first and rest
     assert {o["stage"] for o in first} == {"river"} and {o["stage"] for o in rest} == {LLM}
