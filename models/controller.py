@@ -205,29 +205,23 @@ class OperatingPointController:
         first = below.copy()
         first[:, :, 1:] &= ~reached[:, :, :-1]
         deferred = ~below.any(axis=2)  # (C, M)
-        if self.mode == "llm_share":
-            share = deferred.mean(axis=1)
-            calls = share + (1 - share) * self.audit_rate
-            ok = np.flatnonzero(calls <= self.value)
-            best = candidates[ok[0]] if ok.size else candidates[-1]
-        else:
-            loss = (first * np.where(np.isfinite(e), e, 0.0)[None]).sum(axis=(1, 2)) / len(e)
-            ok = np.flatnonzero(loss <= self.value)
-            best = candidates[ok[-1]] if ok.size else _DEFER_ALL
-        return float(best)
+        loss = (first * np.where(np.isfinite(e), e, 0.0)[None]).sum(axis=(1, 2)) / len(e)
+        return self._pick(candidates, deferred.mean(axis=1), loss)
 
     def _solve_one(self, e: np.ndarray, candidates: np.ndarray) -> float:
         """:meth:`_solve_stages` for one stage, by sorting: the same answer without its (C, M)
         masks (this runs every ``every`` events on the operator's event loop)."""
-        m = len(e)
         ranked = np.sort(e[np.isfinite(e)])
         answered = np.searchsorted(ranked, candidates, side="right")  # per candidate
+        loss = np.concatenate([[0.0], np.cumsum(ranked)])[answered] / len(e)
+        return self._pick(candidates, 1.0 - answered / len(e), loss)
+
+    def _pick(self, candidates: np.ndarray, deferred: np.ndarray, loss: np.ndarray) -> float:
+        """The threshold that meets the target, from each candidate's deferred share and loss."""
         if self.mode == "llm_share":
-            share = 1.0 - answered / m
-            calls = share + (1 - share) * self.audit_rate
+            calls = deferred + (1 - deferred) * self.audit_rate
             ok = np.flatnonzero(calls <= self.value)
             return float(candidates[ok[0]] if ok.size else candidates[-1])
-        loss = np.concatenate([[0.0], np.cumsum(ranked)])[answered] / m
         ok = np.flatnonzero(loss <= self.value)
         return float(candidates[ok[-1]] if ok.size else _DEFER_ALL)
 

@@ -35,6 +35,7 @@ import functools
 import logging
 import shutil
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -186,12 +187,9 @@ def optimize_fp32(raw_path: Path, out_path: Path, *, heads: int, hidden: int) ->
     model.save_model_to_file(str(out_path))
     # The fused nodes are the com.microsoft ops of the saved graph (the optimiser's own statistics
     # also count the LayerNormalization nodes that the export already had).
-    fused: dict[str, int] = {}
-    for node in model.model.graph.node:
-        if node.domain == "com.microsoft":
-            fused[node.op_type] = fused.get(node.op_type, 0) + 1
+    fused = Counter(n.op_type for n in model.model.graph.node if n.domain == "com.microsoft")
     return {"tool": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0)",
-            "fused": fused,
+            "fused": dict(fused),
             "left_unfused": ["SkipLayerNormalization", "EmbedLayerNormalization"],
             "disabled_optimizers": list(DISABLED_ORT_OPTIMIZERS)}
 
@@ -220,10 +218,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> dict[str, int]:
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         logging.disable(logging.NOTSET)
-    counts: dict[str, int] = {}
-    for node in chosen:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
+    return dict(Counter(n.op_type for n in chosen))
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ state topic the workers load at start, so most measured events are answered by t
 from __future__ import annotations
 
 import json
+import os
 import platform
 import secrets
 import tempfile
@@ -180,14 +181,6 @@ def _throughput(got: dict[str, tuple[dict[str, Any], int]]) -> float:
     return (len(stamps) - 1) / span if span > 0 else float("nan")
 
 
-def _loadavg() -> list[float] | None:
-    """The machine's 1, 5 and 15 minute load averages (Linux), to read the figures against."""
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except (OSError, ValueError):
-        return None
-
-
 def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str
                  ) -> tuple[dict[str, Any], list[float]]:
     """Stream ``rows[1:]`` at ``rate`` through a started worker; its figures, keyed by ``mode``,
@@ -206,7 +199,7 @@ def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str
     _produce(dep.bootstrap, dep.topics["input"], rows[:1], None)
     _collect(dep, {rows[0].id}, timeout=120)
     click.echo(f"latency, {mode}: {len(rows) - 1} events at {rate:g}/s ...", err=True)
-    load = _loadavg()
+    load = list(os.getloadavg())  # to read the figures against
     before = process_times(dep.worker.pid)
     sent = _produce(dep.bootstrap, dep.topics["input"], rows[1:], rate)
     got = _collect(dep, set(sent), timeout=120)
@@ -290,7 +283,8 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
             finally:
                 dep.stop()
             result.update(figures)
-            stage1 = answers if mode == "operator" else stage1
+            if mode == "operator":
+                stage1 = answers
     result.update({
         "latency_events": len(latency_rows) - 1, "latency_stage1_answers": len(stage1),
         "p50_stage1_ms": _percentile(stage1, 50), "p99_stage1_ms": _percentile(stage1, 99),
