@@ -38,8 +38,14 @@ class ThresholdCascade(Cascade):
         used = [d for d in demos if self.config.feedback_weights.get(d.source, 1.0) > 0]
         if not used:
             return
-        for stage in self.stages:
-            stage.learn([d.event.text for d in used], [d.label for d in used])
+        texts, labels = [d.event.text for d in used], [d.label for d in used]
+        # A stage that stacks on its upstream learns from the upstream's answers before the
+        # upstream learns these labels, as at answering time.
+        upstream: list[np.ndarray | None] = [None]
+        for stage in self.stages[:-1]:
+            upstream.append(stage.predict_proba(texts, upstream[-1]))
+        for stage, given in zip(self.stages, upstream, strict=True):
+            stage.learn(texts, labels, given)
         self.learner.n_learned += len(used)
         self.version += 1
 

@@ -199,11 +199,15 @@ class Cascade:
         warming = self.learner.warming_up
         explore = self.learner.exploration_rate if self._explores() else 0.0
         remaining = np.arange(n)
+        upstream: np.ndarray | None = None  # the previous stage's probabilities, all events
         for j, stage in enumerate(self.stages):
             if remaining.size == 0:
                 break
             batch = [texts[i] for i in remaining]
-            proba = stage.predict_proba(batch)
+            proba = stage.predict_proba(batch, None if upstream is None else upstream[remaining])
+            if upstream is None:
+                upstream = np.empty((n, proba.shape[1]))
+            upstream[remaining] = proba
             x = self.policies[j].features(proba, lengths[remaining], stage_extras(stage, batch))
             p_wrong[remaining, j] = self.policies[j].defer_proba_of(x)
             score = self.controller.scores(j, x)

@@ -132,9 +132,12 @@ class ImitationLearner:
         boost = min(1.0 / max(self.audit_rate, 1e-9), self.max_importance)
         weights = np.where(audited, boost, 1.0) * np.array([w for _, w in used])
         said_at: list[np.ndarray] = []
+        probas: list[np.ndarray] = []
         for j, (stage, policy, referee) in enumerate(
                 zip(self.stages, self.policies, self.referees, strict=True)):
-            proba = self._probas_of(j, stage, [d for d, _ in used], records)
+            proba = self._probas_of(j, stage, [d for d, _ in used], records,
+                                    probas[-1] if probas else None)
+            probas.append(proba)
             extra = stage_extras(stage, texts)
             said = proba.argmax(axis=1)
             said_at.append(said)
@@ -157,15 +160,18 @@ class ImitationLearner:
             if record.exit_stage < n_stages and from_llm[i] and demo.source == SOURCE_AUDIT:
                 self.controller.observe_audit(
                     record.p_wrong_exit, bool(said_at[record.exit_stage][i] != llm_label[i]))
-        for stage in self.stages:
-            stage.learn(texts, labels.tolist())
+        # Each stage learns with its upstream's answers as they were given (before any learning).
+        for j, stage in enumerate(self.stages):
+            stage.learn(texts, labels.tolist(), probas[j - 1] if j else None)
         self.n_learned += len(used)
         return len(used)
 
     @staticmethod
     def _probas_of(j: int, stage: Stage, demos: Sequence[Demonstration],
-                   records: Mapping[str, AnswerRecord]) -> np.ndarray:
-        """Stage ``j``'s probabilities for each demo: kept from answering, else computed now."""
+                   records: Mapping[str, AnswerRecord],
+                   upstream: np.ndarray | None) -> np.ndarray:
+        """Stage ``j``'s probabilities for each demo: kept from answering, else computed now
+        (given ``upstream``, stage ``j - 1``'s for the same demos)."""
         out: list[np.ndarray | None] = []
         missing: list[int] = []
         for i, demo in enumerate(demos):
@@ -175,7 +181,8 @@ class ImitationLearner:
             if proba is None:
                 missing.append(i)
         if missing:
-            fresh = stage.predict_proba([demos[i].event.text for i in missing])
+            fresh = stage.predict_proba([demos[i].event.text for i in missing],
+                                        None if upstream is None else upstream[missing])
             for row, i in enumerate(missing):
                 out[i] = fresh[row]
         return np.vstack([p for p in out if p is not None])

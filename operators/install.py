@@ -2,8 +2,9 @@
 
 :func:`install` is what ``streamcascade.attach`` and ``streamcascade worker`` call. It adds to the
 app: the operator agent (input topic), the feedback agent (feedback topic), the learner agent
-(the single-partition demonstrations topic), a task that follows the state topic, and two timers
-(unmatched feedback expiry, state publishing when the stream is quiet). Every agent waits until
+(the single-partition demonstrations topic), a task that follows the state topic and then probes
+the event loop's lag (a metric), and two timers (unmatched feedback expiry, state publishing when
+the stream is quiet). Every agent waits until
 the newest model state has been loaded before it handles its first record.
 """
 
@@ -204,6 +205,16 @@ class PipelinedWriter:
             await self.stream.ack(event)
 
 
+async def probe_loop_lag(metrics: OperatorMetrics, interval_s: float = 0.05) -> None:
+    """Observe, every ``interval_s``, how late the event loop woke this task: the length of the
+    stalls (a long callback, a GC pause, a busy machine) that every event waits out as well."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - start - interval_s))
+
+
 def record_of(event: Any) -> InRecord:
     message = event.message
     return InRecord(
@@ -324,6 +335,7 @@ def install(
         if options.freeze_heap:
             freeze_heap()
         ready.set()
+        await probe_loop_lag(metrics)
 
     async def stop_watcher(*_args: Any, **_kwargs: Any) -> None:
         if learner_streams and state_topic is not None:

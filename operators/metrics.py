@@ -93,6 +93,13 @@ class OperatorMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "streamcascade_event_loop_lag_seconds",
+            "How late the event loop ran a periodic probe: time spent on one piece of work "
+            "without yielding, which every event arriving meanwhile waits too",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.model_version = Gauge(
             "streamcascade_model_version", "Version of the model state being served", registry=r
         )

@@ -2,12 +2,13 @@
 
 It does everything the operator does around the cascade (the same micro-batches, consumer
 settings and heap handling, decoding, an output per event keyed by id, the same pipelined writer
-that acks only what the broker has) and nothing else, so that the benchmark measures what the
-cascade costs on top of Faust and Kafka.
+that acks only what the broker has, the event-loop lag probe) and nothing else, so that the
+benchmark measures what the cascade costs on top of Faust and Kafka.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -20,10 +21,12 @@ from streamcascade.operators.install import (
     PipelinedWriter,
     freeze_heap,
     low_latency_fetch,
+    probe_loop_lag,
     raw_topic,
     record_of,
     send_raw,
 )
+from streamcascade.operators.metrics import OperatorMetrics
 from streamcascade.operators.operator import Outgoing
 
 
@@ -33,11 +36,15 @@ def install_passthrough(
     sink: str,
     codec: RecordCodec | None = None,
     options: OperatorOptions | None = None,
+    metrics_port: int | None = None,
 ) -> Any:
     """Add the pass-through agent to ``app``, set up as the operator would be; returns the
-    agent."""
+    agent. With ``metrics_port``, the event-loop lag is served there (Prometheus)."""
     codec = codec or RecordCodec()
     options = options or OperatorOptions()
+    metrics = OperatorMetrics(["passthrough"])
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
     low_latency_fetch(app, options.fetch_max_wait_ms)
     out_topic = raw_topic(app, sink)
 
@@ -47,18 +54,22 @@ def install_passthrough(
     async def passthrough_agent(stream: Any) -> None:
         if options.freeze_heap:
             freeze_heap()
-        writer = PipelinedWriter(app, stream, send, options.max_in_flight_batches)
-        async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
-            outgoing = []
-            now = time.monotonic()
-            for record in (record_of(e) for e in events):
-                try:
-                    event = codec.decode_event(record.value)
-                except RecordError:
-                    continue
-                decision = Decision(event.id, None, None, "passthrough", 0, 1.0, 0.0, [])
-                value = codec.encode_output(decision, (now - record.received_at) * 1e3)
-                outgoing.append(Outgoing("output", codec.key(event.id), value))
-            await writer.write_then_ack(outgoing, events)
+        probe = asyncio.ensure_future(probe_loop_lag(metrics))
+        try:
+            writer = PipelinedWriter(app, stream, send, options.max_in_flight_batches)
+            async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
+                outgoing = []
+                now = time.monotonic()
+                for record in (record_of(e) for e in events):
+                    try:
+                        event = codec.decode_event(record.value)
+                    except RecordError:
+                        continue
+                    decision = Decision(event.id, None, None, "passthrough", 0, 1.0, 0.0, [])
+                    value = codec.encode_output(decision, (now - record.received_at) * 1e3)
+                    outgoing.append(Outgoing("output", codec.key(event.id), value))
+                await writer.write_then_ack(outgoing, events)
+        finally:
+            probe.cancel()
 
     return app.agent(raw_topic(app, source), name=f"passthrough-{source}")(passthrough_agent)

@@ -1,9 +1,14 @@
 """The contract every non-final cascade stage keeps, and nothing more.
 
 A stage answers a batch of texts with class probabilities, learns from a batch of labels, states
-its cost per event, and turns its learned state into bytes and back. Its configuration (which
-encoder file, which hashing width) comes from its constructor; ``state_bytes`` carries only what
-it learned, in a data-only format (never pickle), so state read from a Kafka topic is safe to load.
+its cost per event, and turns its learned state into bytes and back. A stage after the first is
+also handed the previous stage's probabilities for the same texts (``upstream``): it may use them
+as inputs (stacking, as the ONNX stage does), so that it builds on what the cheaper stage knows
+instead of starting over; the cascade and the learner pass them, a stage is free to ignore them.
+
+Its configuration (which encoder file, which hashing width) comes from its constructor;
+``state_bytes`` carries only what it learned, in a data-only format (never pickle), so state read
+from a Kafka topic is safe to load.
 """
 
 from __future__ import annotations
@@ -27,15 +32,19 @@ class Stage(abc.ABC):
     cost: float
 
     @abc.abstractmethod
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str],
+                      upstream: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), len(labels))``, rows summing to one.
 
-        Must not change any state: predicting never learns.
+        ``upstream``: the previous stage's probabilities for ``texts`` (``None`` for the first
+        stage). Must not change any state: predicting never learns.
         """
 
     @abc.abstractmethod
-    def learn(self, texts: Sequence[str], targets: Sequence[int]) -> None:
-        """Update the stage on labelled texts (``targets`` are label indices)."""
+    def learn(self, texts: Sequence[str], targets: Sequence[int],
+              upstream: np.ndarray | None = None) -> None:
+        """Update the stage on labelled texts (``targets`` are label indices); ``upstream`` as
+        in :meth:`predict_proba`, as it was when the texts were answered."""
 
     @abc.abstractmethod
     def state_bytes(self) -> bytes:

@@ -6,6 +6,16 @@ of it, a multinomial logistic regression (binary tasks are its two-class case) l
 label it is given, one example at a time, with AdaGrad steps. So the stage starts knowing nothing
 about the task (uniform probabilities) and sees no future of the stream.
 
+The head's inputs are the embedding and, when the stage is not the first (``stack``), the previous
+stage's log-probabilities (centred per text): the head stacks on the cheaper stage instead of
+competing with it. The two views differ (words against a sentence embedding), so together they are
+right more often than either; replayed against GPT-3.5's answers, the events the stage could
+answer within a 2-point disagreement budget rose on every shared stream (README, "Measured").
+
+Long texts keep their head and their tail (``truncation="head_tail"``): a quarter of
+``max_length`` from the start, the rest from the end, where reviews tend to give their verdict
+(3 points of accuracy on IMDB at 128 tokens, at the same cost; ``"head"`` keeps the start only).
+
 Inference is batched: the texts of one call that are not already in the embedding cache are
 tokenized, truncated to ``max_length`` tokens, sorted by length and cut into buckets of
 ``batch_size``, each padded only to its own longest text (short texts are not padded to the
@@ -45,11 +55,13 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 VARIANTS = ("auto", "fp32", "int8")
+TRUNCATIONS = ("head_tail", "head")
+_LOG_FLOOR = 1e-6  # upstream probabilities are clipped here before their log is taken
 
 # Embedding caches shared by the stages of one process that run the same model file at the same
 # max_length (a replay runs the cascade and its baseline, each with its own stage): an embedding
 # is a function of the text alone, so encoding it twice would only cost time.
-_SHARED_CACHES: dict[tuple[str, int], OrderedDict[str, np.ndarray]] = {}
+_SHARED_CACHES: dict[tuple[str, int, str], OrderedDict[str, np.ndarray]] = {}
 
 
 def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
@@ -97,6 +109,10 @@ class OnnxEncoderStage(Stage):
         ``"int8"``, ``"fp32"``, or ``"auto"`` (int8 on CPU when exported, fp32 on a GPU).
     max_length
         Texts are truncated to this many tokens (at most the export's ``max_length``).
+    truncation
+        ``"head_tail"`` (the first quarter of ``max_length`` and the last tokens) or ``"head"``.
+    stack
+        Give the head the previous stage's log-probabilities as inputs beside the embedding.
     batch_size
         Texts per ONNX Runtime call (one length bucket).
     threads
@@ -124,6 +140,8 @@ class OnnxEncoderStage(Stage):
         model_dir: str | Path | None = None,
         variant: str = "auto",
         max_length: int = 128,
+        truncation: str = "head_tail",
+        stack: bool = True,
         batch_size: int = 32,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
@@ -137,6 +155,9 @@ class OnnxEncoderStage(Stage):
 
         if variant not in VARIANTS:
             raise ConfigurationError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if truncation not in TRUNCATIONS:
+            raise ConfigurationError(
+                f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
         for key, value in (("max_length", max_length), ("batch_size", batch_size),
                            ("cache_size", cache_size)):
             if int(value) < 1:
@@ -149,6 +170,8 @@ class OnnxEncoderStage(Stage):
         self.model_dir = Path(model_dir) if model_dir is not None else default_onnx_dir() / model
         self.variant = variant
         self.max_length = int(max_length)
+        self.truncation = truncation
+        self.stack = bool(stack)
         self.batch_size = int(batch_size)
         self.threads = threads if threads is not None else threads_from_env()
         self.providers = list(providers) if providers is not None else None
@@ -160,6 +183,9 @@ class OnnxEncoderStage(Stage):
         self.manifest = load_manifest(self.model_dir)
         dims = self.manifest.dimensions
         self.dim = dims["hidden_size"]
+        k = len(labels)
+        # The head's inputs: the embedding, then (stacking) the upstream log-probabilities.
+        self.n_inputs = self.dim + (k if self.stack else 0)
         self.max_length = min(self.max_length, dims.get("max_length", self.max_length))
         self.session_providers = choose_providers(self.providers)
         on_gpu = self.session_providers[0] != CPU
@@ -168,11 +194,10 @@ class OnnxEncoderStage(Stage):
         self.variant_in_use = "int8" if use_int8 else "fp32"
         self._session = self._open_session(self.manifest.verified_path(self.variant_in_use))
         self._tokenizer = self._open_tokenizer(self.manifest.verified_path("tokenizer"))
-        k = len(labels)
         self.cost = (float(cost) if cost is not None
-                     else cost_of_parameters(dims["parameters"] + k * (self.dim + 1)))
+                     else cost_of_parameters(dims["parameters"] + k * (self.n_inputs + 1)))
         cache_key = (str(self.manifest.data["files"][self.variant_in_use]["sha256"]),
-                     self.max_length)
+                     self.max_length, self.truncation)
         self._cache: OrderedDict[str, np.ndarray] = (
             _SHARED_CACHES.setdefault(cache_key, OrderedDict()) if shared_cache else OrderedDict())
         self._reset()
@@ -220,22 +245,35 @@ class OnnxEncoderStage(Stage):
         except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
             raise ModelFileError(f"cannot read tokenizer {path}: {exc}") from None
         tokenizer.no_padding()
-        tokenizer.enable_truncation(self.max_length)
+        if self.truncation == "head":
+            tokenizer.enable_truncation(self.max_length)
+        else:  # cut by :meth:`_token_ids`, which needs the whole text's tokens
+            tokenizer.no_truncation()
         return tokenizer
 
     def _reset(self) -> None:
         k = len(self.labels)
-        self.weights = np.zeros((self.dim, k), dtype=np.float64)
-        self.grad_sq = np.zeros((self.dim, k), dtype=np.float64)
+        self.weights = np.zeros((self.n_inputs, k), dtype=np.float64)
+        self.grad_sq = np.zeros((self.n_inputs, k), dtype=np.float64)
         self.bias = np.zeros(k, dtype=np.float64)
         self.bias_grad_sq = np.zeros(k, dtype=np.float64)
 
     # -- encoding ---------------------------------------------------------------------------------
 
+    def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, at most ``max_length`` (special tokens included)."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        if self.truncation == "head":
+            return [e.ids for e in encodings]
+        n, head = self.max_length, self.max_length // 4
+        # The head keeps [CLS] and the opening; the tail keeps the ending and [SEP].
+        return [e.ids if len(e.ids) <= n else e.ids[:head] + e.ids[len(e.ids) - (n - head):]
+                for e in encodings]
+
     def _run_encoder(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of ``texts`` (no cache), by length buckets of ``batch_size``."""
-        encodings = self._tokenizer.encode_batch(list(texts))
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        encodings = self._token_ids(texts)
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for lo in range(0, len(order), self.batch_size):
@@ -245,7 +283,7 @@ class OnnxEncoderStage(Stage):
             mask = np.zeros((len(rows), width), dtype=np.int64)
             for r, i in enumerate(rows):
                 n = int(lengths[i])
-                ids[r, :n] = encodings[i].ids
+                ids[r, :n] = encodings[i]
                 mask[r, :n] = 1
             out[rows] = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
@@ -284,15 +322,34 @@ class OnnxEncoderStage(Stage):
         np.exp(z, out=z)
         return np.asarray(z / z.sum(axis=1, keepdims=True))
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def _features(self, texts: Sequence[str], upstream: np.ndarray | None) -> np.ndarray:
+        """The head's inputs for ``texts``: embeddings, then upstream log-probabilities (zeros
+        when there is no upstream stage)."""
+        embedding = self.embed(texts).astype(np.float64)
+        if not self.stack:
+            return embedding
+        k = len(self.labels)
+        if upstream is None:
+            logs = np.zeros((len(texts), k))
+        else:
+            upstream = np.asarray(upstream, dtype=np.float64)
+            if upstream.shape != (len(texts), k):
+                raise ValueError(f"upstream has shape {upstream.shape}, not {(len(texts), k)}")
+            logs = np.log(np.clip(upstream, _LOG_FLOOR, 1.0))
+            logs -= logs.mean(axis=1, keepdims=True)
+        return np.hstack([embedding, logs])
+
+    def predict_proba(self, texts: Sequence[str],
+                      upstream: np.ndarray | None = None) -> np.ndarray:
         start = time.perf_counter()
-        out = self._proba(self.embed(texts).astype(np.float64)) if len(texts) else np.empty(
+        out = self._proba(self._features(texts, upstream)) if len(texts) else np.empty(
             (0, len(self.labels)))
         self.predict_seconds += time.perf_counter() - start
         self.n_predicted += len(texts)
         return out
 
-    def learn(self, texts: Sequence[str], targets: Sequence[int]) -> None:
+    def learn(self, texts: Sequence[str], targets: Sequence[int],
+              upstream: np.ndarray | None = None) -> None:
         if len(texts) != len(targets):
             raise ValueError(f"{len(texts)} texts for {len(targets)} targets")
         k = len(self.labels)
@@ -301,7 +358,7 @@ class OnnxEncoderStage(Stage):
                 raise ValueError(
                     f"target {target} is not a label index of {list(self.labels.names)}")
         start = time.perf_counter()
-        features = self.embed(texts).astype(np.float64)
+        features = self._features(texts, upstream)
         # One AdaGrad step per example, in stream order: an online learner, not a batch fit.
         for x, target in zip(features, targets, strict=True):
             residual = self._proba(x[None, :])[0]
@@ -320,6 +377,7 @@ class OnnxEncoderStage(Stage):
 
     def _config(self) -> dict[str, object]:
         return {"kind": "onnx_encoder", "model": self.model, "dim": self.dim,
+                "stack": self.stack, "truncation": self.truncation,
                 "labels": list(self.labels.names)}
 
     def state_bytes(self) -> bytes:
@@ -333,8 +391,8 @@ class OnnxEncoderStage(Stage):
             expect(meta, key, value)
         k = len(self.labels)
         try:
-            weights = arrays["weights"].astype(np.float64).reshape(self.dim, k)
-            grad_sq = arrays["grad_sq"].astype(np.float64).reshape(self.dim, k)
+            weights = arrays["weights"].astype(np.float64).reshape(self.n_inputs, k)
+            grad_sq = arrays["grad_sq"].astype(np.float64).reshape(self.n_inputs, k)
             bias = arrays["bias"].astype(np.float64).reshape(k)
             bias_grad_sq = arrays["bias_grad_sq"].astype(np.float64).reshape(k)
         except (KeyError, ValueError) as exc:
@@ -347,7 +405,8 @@ class OnnxEncoderStage(Stage):
     def __repr__(self) -> str:
         return (f"OnnxEncoderStage(name={self.name!r}, model={self.model!r}, "
                 f"variant={self.variant_in_use!r}, providers={self.session_providers}, "
-                f"max_length={self.max_length}, labels={list(self.labels.names)})")
+                f"max_length={self.max_length}, truncation={self.truncation!r}, "
+                f"stack={self.stack}, labels={list(self.labels.names)})")
 
 
 def threads_from_env() -> int | None:

@@ -171,7 +171,9 @@ class RiverTextStage(Stage):
         z = np.exp(z - z.max())
         return np.asarray(z / z.sum())
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str],
+                      upstream: np.ndarray | None = None) -> np.ndarray:
+        # ``upstream`` is not used: words alone are this stage's inputs.
         start = time.perf_counter()
         out = np.empty((len(texts), len(self.labels)), dtype=np.float64)
         for row, text in enumerate(texts):
@@ -180,7 +182,8 @@ class RiverTextStage(Stage):
         self.n_predicted += len(texts)
         return out
 
-    def learn(self, texts: Sequence[str], targets: Sequence[int]) -> None:
+    def learn(self, texts: Sequence[str], targets: Sequence[int],
+              upstream: np.ndarray | None = None) -> None:
         if len(texts) != len(targets):
             raise ValueError(f"{len(texts)} texts for {len(targets)} targets")
         start = time.perf_counter()

@@ -19,7 +19,9 @@ Two measurements, each on fresh topics of the same broker, in one run:
    and the answering; ``to_worker``: everything before), ``<mode>_cpu_ms_per_event`` (the
    worker's threads together) and ``<mode>_cpu_wait_share`` (of the time the worker's threads
    were ready to run, the share they waited for a core: the machine being busy with other work,
-   not the worker's code), and the load average when it started.
+   not the worker's code), ``<mode>_event_loop_lag`` (from the worker's metrics endpoint: the
+   share of its 50 ms loop probes that found the loop stalled past 10, 25 and 50 ms), and the
+   load average when it started.
 
 The cascade is warmed first, as a long-running operator would be: it learns the ground truth of
 the stream's first ``--warm`` events in this process, and that state is published (signed) to the
@@ -79,6 +81,7 @@ class _Deployment:
     def __init__(self, bootstrap: str, name: str, key: str, out_dir: Path,
                  pass_through: bool, target_share: float, state: bytes | None,
                  batch_time: float) -> None:
+        from streamcascade.kafka_launcher import find_free_port
         from streamcascade.operators.state_store import STATE_KEY
         from streamcascade.operators.stream_io import make_producer
         from streamcascade.operators.topics import TopicPlan, ensure_topics
@@ -99,6 +102,7 @@ class _Deployment:
         self.pass_through = pass_through
         self.target_share = target_share
         self.batch_time = batch_time
+        self.metrics_port = find_free_port()
         self.worker: Any = None
 
     def start(self) -> None:
@@ -106,7 +110,8 @@ class _Deployment:
         from streamcascade.operators.stream_io import start_worker, worker_command
 
         topics = dict(self.topics)
-        extra = ["--batch-size", "200", "--batch-time", str(self.batch_time)]
+        extra = ["--batch-size", "200", "--batch-time", str(self.batch_time),
+                 "--metrics-port", str(self.metrics_port)]
         if self.pass_through:
             topics = {"input": topics["input"], "output": topics["output"]}
             extra.append("--pass-through")
@@ -121,6 +126,32 @@ class _Deployment:
 
         if self.worker is not None:
             stop_worker(self.worker)
+
+
+def _loop_lag_buckets(port: int) -> dict[float, float]:
+    """The worker's event-loop lag histogram: probes at or under each bound (s), cumulative."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {float(sample.labels["le"]): sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "streamcascade_event_loop_lag_seconds"
+            for sample in family.samples if sample.name.endswith("_bucket")}
+
+
+def _loop_lag_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """Probes of the run (every 50 ms) and the share that found the loop stalled past 10, 25
+    and 50 ms."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in after}
+    total = counts.get(float("inf"), 0.0)
+    summary: dict[str, Any] = {"probes": int(total)}
+    for bound in (0.01, 0.025, 0.05):
+        summary[f"over_{int(bound * 1000)}ms"] = (total - counts.get(bound, 0.0)) / total \
+            if total else float("nan")
+    return summary
 
 
 def _produce(bootstrap: str, topic: str, rows: list[Any], rate: float | None) -> dict[str, int]:
@@ -201,9 +232,11 @@ def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str
     click.echo(f"latency, {mode}: {len(rows) - 1} events at {rate:g}/s ...", err=True)
     load = list(os.getloadavg())  # to read the figures against
     before = process_times(dep.worker.pid)
+    lag_before = _loop_lag_buckets(dep.metrics_port)
     sent = _produce(dep.bootstrap, dep.topics["input"], rows[1:], rate)
     got = _collect(dep, set(sent), timeout=120)
     after = process_times(dep.worker.pid)
+    lag = _loop_lag_summary(lag_before, _loop_lag_buckets(dep.metrics_port))
     total = {i: float(ts - sent[i]) for i, (_, ts) in got.items() if i in sent}
     inside = {i: float(v["latency_ms"]) for i, (v, _) in got.items() if i in sent}
     figures: dict[str, Any] = {
@@ -214,6 +247,7 @@ def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str
             for part, values in (("in_worker", list(inside.values())),
                                  ("to_worker", [total[i] - inside[i] for i in total]))},
         f"{mode}_loadavg": load,
+        f"{mode}_event_loop_lag": lag,
     }
     if before is not None and after is not None:
         cpu, waited = after.cpu_s - before.cpu_s, after.runqueue_s - before.runqueue_s

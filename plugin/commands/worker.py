@@ -228,7 +228,8 @@ def worker(
         app = make_app(settings, bootstrap)
         if pass_through:
             install_passthrough(app, settings.input_topic, settings.output_topic,
-                                codec_from(settings), options_from(settings))
+                                codec_from(settings), options_from(settings),
+                                settings.metrics_port)
         else:
             cascade = build_cascade_from_flags(
                 task_name, labels, stages,

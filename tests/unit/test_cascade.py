@@ -11,10 +11,11 @@ from cascade_streams import sentiment_stream, write_stream
 
 from streamcascade.errors import ConfigurationError, ModelStateError
 from streamcascade.models.baseline import build_baseline
-from streamcascade.models.cascade import CascadeConfig, build_cascade
+from streamcascade.models.cascade import Cascade, CascadeConfig, build_cascade
 from streamcascade.models.datasets import StreamRow, read_stream
 from streamcascade.models.llm.recorded import RecordedLLM
 from streamcascade.models.replay import replay
+from streamcascade.models.stages.river_text import RiverTextStage
 from streamcascade.models.tasks import TASKS
 from streamcascade.models.types import SOURCE_AUDIT, SOURCE_LLM, Demonstration, Event
 
@@ -185,3 +186,43 @@ def test_a_bad_part_leaves_the_state_untouched(
     with pytest.raises(ModelStateError, match="malformed"):
         target.load_state(pack_state(meta, arrays))
     assert target.state_bytes() == before
+
+
+class UpstreamSpy(RiverTextStage):
+    """A second stage that records the upstream probabilities it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__(TASK.labels, name="spy", n_features=2**12)
+        self.seen: dict[str, dict[str, np.ndarray]] = {"predict": {}, "learn": {}}
+
+    def predict_proba(self, texts, upstream=None):  # type: ignore[no-untyped-def]
+        assert upstream is not None and upstream.shape == (len(texts), 2)
+        self.seen["predict"].update(zip(texts, upstream, strict=True))
+        return super().predict_proba(texts)
+
+    def learn(self, texts, targets, upstream=None):  # type: ignore[no-untyped-def]
+        assert upstream is not None and upstream.shape == (len(texts), 2)
+        self.seen["learn"].update(zip(texts, upstream, strict=True))
+        super().learn(texts, targets)
+
+
+def test_later_stages_get_the_upstream_answers_as_given(
+        stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    first, spy = RiverTextStage(TASK.labels), UpstreamSpy()
+    cascade = Cascade(TASK, [first, spy], llm, CascadeConfig(stages=["river", "spy"], warmup=20))
+    replay(rows[:300], TASK, cascade, progress=False)
+    batch = rows[300:340]
+    before = first.predict_proba([r.text for r in batch])
+    asyncio.run(cascade.answer(events(batch)))
+    reached = [i for i, r in enumerate(batch) if r.text in spy.seen["predict"]]
+    assert reached  # some events were deferred past the first stage
+    for i in reached:
+        np.testing.assert_allclose(spy.seen["predict"][batch[i].text], before[i])
+    # Learning: the spy is handed the first stage's answers from before this learning step,
+    # for the events that never reached it too (recomputed for those).
+    cascade.learn([Demonstration(Event(r.id, r.text), TASK.labels.index(r.label), SOURCE_LLM)
+                   for r in batch])
+    assert not np.allclose(first.predict_proba([r.text for r in batch]), before)
+    for i, row in enumerate(batch):
+        np.testing.assert_allclose(spy.seen["learn"][row.text], before[i])

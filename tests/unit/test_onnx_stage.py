@@ -157,14 +157,28 @@ def test_int8_embeddings_depend_on_batch_mates_only_slightly(stage_factory, mode
     assert (batched * single).sum(axis=1).min() > 0.97
 
 
-def test_truncation_to_max_length(stage_factory) -> None:  # type: ignore[no-untyped-def]
-    stage = stage_factory(BINARY, max_length=16)
+def test_truncation_keeps_the_head(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    stage = stage_factory(BINARY, max_length=16, truncation="head")
     words = [f"word{i}" if i % 2 else "cat" for i in range(200)]
     long_text = " ".join(words)
-    ids = stage._tokenizer.encode(long_text).ids
+    ids = stage._token_ids([long_text])[0]
     assert len(ids) == 16
     prefix = stage._tokenizer.decode(ids[1:-1])
     np.testing.assert_allclose(stage.embed([long_text]), stage.embed([prefix]), atol=1e-5)
+
+
+def test_truncation_keeps_head_and_tail(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    # One token per word, so the kept tokens read back as words: 16 tokens are [CLS], the first
+    # 3 words (a quarter of 16, [CLS] included), the last 11 words and [SEP].
+    long_text = " ".join(["red"] * 100 + ["blue"] * 100)
+    stage = stage_factory(BINARY, max_length=16, shared_cache=False)
+    kept = "red red red " + " ".join(["blue"] * 11)
+    assert stage._token_ids([long_text]) == stage._token_ids([kept])
+    np.testing.assert_allclose(stage.embed([long_text]), stage.embed([kept]), atol=1e-5)
+    head_only = stage_factory(BINARY, max_length=16, truncation="head", shared_cache=False)
+    assert float((head_only.embed([long_text]) * stage.embed([long_text])).sum()) < 0.99
+    short = "a short text is not cut"
+    assert stage._token_ids([short]) == head_only._token_ids([short])
 
 
 def test_learn_after_predict_does_not_reencode(stage_factory) -> None:  # type: ignore[no-untyped-def]
@@ -190,6 +204,26 @@ def test_state_round_trip_and_refusals(stage_factory) -> None:  # type: ignore[n
         stage_factory(BINARY).load_state(stage.state_bytes())  # other labels
     with pytest.raises(ModelStateError):
         copy.load_state(b"not state at all")
+    with pytest.raises(ModelStateError):  # a head over other inputs
+        stage_factory(TOPICS, variant="fp32", stack=False).load_state(stage.state_bytes())
+
+
+def test_stacked_head_learns_from_the_upstream_stage(stage_factory) -> None:  # type: ignore[no-untyped-def]
+    # The same few texts with labels only the upstream stage's answers reveal: the embedding
+    # alone cannot learn them, the stacked head can; without upstream it answers like the prior.
+    rng = np.random.default_rng(4)
+    texts = [f"message number {i % 4}" for i in range(400)]
+    targets = rng.integers(0, 2, size=400)
+    upstream = np.where(targets[:, None] == 1, [0.3, 0.7], [0.7, 0.3])
+    stacked = stage_factory(BINARY, shared_cache=False)
+    plain = stage_factory(BINARY, stack=False, shared_cache=False)
+    stacked.learn(texts[:300], targets[:300].tolist(), upstream[:300])
+    plain.learn(texts[:300], targets[:300].tolist())
+    said = stacked.predict_proba(texts[300:], upstream[300:]).argmax(axis=1)
+    assert (said == targets[300:]).mean() == 1.0
+    assert (plain.predict_proba(texts[300:]).argmax(axis=1) == targets[300:]).mean() < 0.7
+    with pytest.raises(ValueError):
+        stacked.predict_proba(texts[:2], upstream[:3])
 
 
 def test_bad_targets_and_options(stage_factory) -> None:  # type: ignore[no-untyped-def]
@@ -202,13 +236,16 @@ def test_bad_targets_and_options(stage_factory) -> None:  # type: ignore[no-unty
         stage_factory(BINARY, variant="fp16")
     with pytest.raises(ConfigurationError):
         stage_factory(BINARY, max_length=0)
+    with pytest.raises(ConfigurationError):
+        stage_factory(BINARY, truncation="tail")
 
 
 def test_cost_is_parameters_over_bert_base(stage_factory) -> None:  # type: ignore[no-untyped-def]
     stage = stage_factory(BINARY)
     params = stage.manifest.dimensions["parameters"]
     assert 20e6 < params < 25e6
-    assert stage.cost == pytest.approx((params + 2 * 385) / 110e6)
+    # The head: per class, a weight per embedding dimension and upstream class, and a bias.
+    assert stage.cost == pytest.approx((params + 2 * (384 + 2 + 1)) / 110e6)
     assert 0.18 < stage.cost < 0.23
 
 

@@ -61,3 +61,26 @@ def test_served_over_http_from_its_own_registry() -> None:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'streamcascade_dead_letters_total{reason="malformed_json"} 3.0' in text
     assert b"malformed_json" not in generate_latest(b.registry)
+
+
+def test_loop_lag_probe_sees_a_stall() -> None:
+    import asyncio
+    import time
+
+    from streamcascade.operators.install import probe_loop_lag
+
+    metrics = OperatorMetrics(["river", "llm"])
+
+    async def stall_once() -> None:
+        probe = asyncio.ensure_future(probe_loop_lag(metrics, interval_s=0.01))
+        await asyncio.sleep(0.05)  # some probes on an idle loop
+        time.sleep(0.08)  # a callback that does not yield
+        await asyncio.sleep(0.05)
+        probe.cancel()
+
+    asyncio.run(stall_once())
+    buckets = {s.labels["le"]: s.value for s in metrics.loop_lag.collect()[0].samples
+               if s.name.endswith("_bucket")}
+    total = buckets["+Inf"]
+    assert total >= 5
+    assert total - buckets["0.05"] >= 1  # the stall, seen by the probe it delayed

@@ -27,13 +27,13 @@ class SpyStage(RiverTextStage):
         super().__init__(TASK.labels)
         self.log = log
 
-    def predict_proba(self, texts):  # type: ignore[no-untyped-def]
+    def predict_proba(self, texts, upstream=None):  # type: ignore[no-untyped-def]
         self.log.extend(("predict", t) for t in texts)
-        return super().predict_proba(texts)
+        return super().predict_proba(texts, upstream)
 
-    def learn(self, texts, targets):  # type: ignore[no-untyped-def]
+    def learn(self, texts, targets, upstream=None):  # type: ignore[no-untyped-def]
         self.log.extend(("learn", t) for t in texts)
-        super().learn(texts, targets)
+        super().learn(texts, targets, upstream)
 
 
 @pytest.mark.parametrize("feedback", ["llm", "ground_truth", "both"])
