@@ -57,6 +57,8 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
               help="imdb, hatespeech, isear, or auto (from the file name; else a generic task).")
 @click.option("--labels", help="Comma-separated labels of a generic task (default: the file's).")
 @click.option("--stages", default="river", show_default=True, help="Comma-separated stage names.")
+@click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE.KEY=VALUE",
+              help="An option of one stage, e.g. onnx.stack=false (repeatable).")
 @click.option("--mu", type=float, help="The paper's raw cost coefficient.")
 @click.option("--target-llm-share", type=float, help="Share of events sent to the LLM.")
 @click.option("--max-quality-loss", type=float,
@@ -86,13 +88,16 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG of the quality-cost curves (with --sweep).")
 def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: str | None,
-           task_name: str, labels: str | None, stages: str, mu: float | None,
-           target_llm_share: float | None, max_quality_loss: float | None, sweep: bool,
+           task_name: str, labels: str | None, stages: str, stage_option: tuple[str, ...],
+           mu: float | None, target_llm_share: float | None, max_quality_loss: float | None,
+           sweep: bool,
            sweep_losses: str, sweep_shares: str, sweep_confidence: str, feedback: str,
            audit_rate: float | None, stage_costs: tuple[str, ...],
            warmup: int | None, batch_size: int, baseline_threshold: float, seed: int,
            shuffle: bool, limit: int | None, json_out: Path, plot_out: Path | None) -> None:
     """Replay a labelled stream through the cascade and its static baseline; write JSON."""
+    from streamcascade.commands.worker import parse_stage_options
+
     try:
         grid = ([{"max_quality_loss": v} for v in _floats(sweep_losses)]
                 + [{"target_llm_share": v} for v in _floats(sweep_shares)],
@@ -100,7 +105,7 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
         result = _run(dataset, llm_name, llm_url, llm_model, task_name, labels, stages, mu,
                       target_llm_share, max_quality_loss, grid, feedback, audit_rate, warmup,
                       batch_size, baseline_threshold, seed, shuffle, limit, plot_out,
-                      _prices(stage_costs))
+                      _prices(stage_costs), parse_stage_options(stage_option))
     except StreamcascadeError as exc:
         raise click.ClickException(str(exc)) from None
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +123,8 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
          sweep: tuple[list[dict[str, float]], list[float]] | None, feedback: str,
          audit_rate: float | None, warmup: int | None, batch_size: int,
          baseline_threshold: float, seed: int, shuffle: bool, limit: int | None,
-         plot_out: Path | None, prices: dict[str, float] | None = None) -> dict[str, Any]:
+         plot_out: Path | None, prices: dict[str, float] | None = None,
+         stage_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     if batch_size < 1:
         raise ConfigurationError("--batch-size must be at least 1")
     rows = read_stream(dataset)
@@ -136,13 +142,17 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
     config = _config(stages, seed, mu=mu, target_llm_share=target_llm_share,
                      max_quality_loss=max_quality_loss, **common)
 
+    options = stage_options or {}
+
     def learned(point: dict[str, Any]) -> Cascade:
-        return build_cascade(task, llm, _config(stages, seed, **point, **common))
+        return build_cascade(task, llm, _config(stages, seed, **point, **common), **options)
 
     def baseline(point: dict[str, Any]) -> Cascade:
-        return build_baseline(task, llm, _config(stages, seed, **common), point["threshold"])
+        return build_baseline(task, llm, _config(stages, seed, **common), point["threshold"],
+                              **options)
 
-    main = _one(rows, task, build_cascade(task, llm, config), feedback, batch_size, "cascade")
+    main = _one(rows, task, build_cascade(task, llm, config, **options), feedback, batch_size,
+                "cascade")
     rp.add_llm_alone(main, task, alone, truth)
     base = _one(rows, task, baseline({"threshold": baseline_threshold}), feedback, batch_size,
                 f"baseline@{baseline_threshold}")
@@ -150,6 +160,7 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
     result: dict[str, Any] = {
         "dataset": str(dataset), "task": task.name, "llm": llm.name, "feedback": feedback,
         "seed": seed, "shuffle": shuffle, "limit": limit, "batch_size": batch_size,
+        "stage_options": options,
         "operating_point": dict(zip(("mode", "value"), config.operating_point(), strict=True)),
         **_clean(main), "config": config.to_dict(),
         "baseline": {"threshold": baseline_threshold, **_clean(base)},

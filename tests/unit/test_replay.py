@@ -131,3 +131,19 @@ def test_cli_prices_stages(tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "oracle",
                                    "--json", str(out), "--stage-cost", "river"])
     assert bad.exit_code != 0 and "NAME=PRICE" in bad.output
+
+
+def test_cli_passes_stage_options(tmp_path: Path) -> None:
+    path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(200, seed=8))
+    out = tmp_path / "o.json"
+    result = CliRunner().invoke(cli, [
+        "replay", "--dataset", str(path), "--llm", "oracle", "--json", str(out),
+        "--stage-option", "river.n_features=64", "--stage-option", "river.bigrams=false"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["stage_options"] == {"river": {"n_features": 64, "bigrams": False}}
+    # 64 features x 2 classes + 2 biases, over BERT-base's 110M parameters
+    assert data["stages"]["river"]["cost_per_event"] == pytest.approx(130 / 110e6)
+    bad = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "oracle",
+                                   "--json", str(out), "--stage-option", "river.nope=1"])
+    assert bad.exit_code != 0 and "nope" in bad.output
