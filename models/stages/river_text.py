@@ -117,28 +117,52 @@ class RiverTextStage(Stage):
 
     def _hashed_counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Unique hashed feature indices of ``text`` and their log-scaled counts (cached)."""
-        cached = self._features_cache.get(text)
-        if cached is not None:
-            return cached
+        return self._hashed_counts_many([text])[0]
+
+    def _token_hashes(self, text: str) -> list[int]:
+        """Stable hashes of the text's tokens, then (``char_ngrams``) of its tokens' n-grams."""
         tokens = _TOKEN.findall(_MARKUP.sub(" ", text).lower())
-        hashes = np.fromiter((zlib.crc32(t.encode()) for t in tokens), dtype=np.uint64,
-                             count=len(tokens))
-        if self.bigrams and len(hashes) > 1:
-            pairs = (hashes[:-1] * _BIGRAM_MIX) ^ (hashes[1:] + np.uint64(1))
-            hashes = np.concatenate([hashes, pairs])
+        hashes = [zlib.crc32(t.encode()) for t in tokens]
         if self.char_ngrams >= 3:
-            grams = [f"<{t}>"[i:i + n] for t in set(tokens) for n in range(3, self.char_ngrams + 1)
-                     for i in range(len(t) + 3 - n)]
-            gram_hashes = np.fromiter((zlib.crc32(g.encode(), 0x5C5C) for g in grams),
-                                      dtype=np.uint64, count=len(grams))
-            hashes = np.concatenate([hashes, gram_hashes])
-        index, counts = np.unique((hashes % np.uint64(self.n_features)).astype(np.int64),
-                                  return_counts=True)
-        result = (index, np.log1p(counts).astype(np.float32))
-        if len(self._features_cache) >= _CACHE_SIZE:
-            self._features_cache.pop(next(iter(self._features_cache)))
-        self._features_cache[text] = result
-        return result
+            hashes += [zlib.crc32(f"<{t}>"[i:i + n].encode(), 0x5C5C) for t in set(tokens)
+                       for n in range(3, self.char_ngrams + 1) for i in range(len(t) + 3 - n)]
+        return hashes
+
+    def _hashed_counts_many(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`_hashed_counts` of each text. The texts not in the cache are hashed together:
+        a micro-batch pays numpy's per-call overhead once, not once per text."""
+        out = [self._features_cache.get(t) for t in texts]
+        todo = list(dict.fromkeys(t for t, got in zip(texts, out, strict=True) if got is None))
+        if not todo:
+            return out  # type: ignore[return-value]
+        hashes, docs, words = [], [], []  # words: whether a hash is a token's (bigrams pair those)
+        for doc, text in enumerate(todo):
+            n_tokens = len(_TOKEN.findall(_MARKUP.sub(" ", text).lower()))
+            got = self._token_hashes(text)
+            hashes += got
+            docs += [doc] * len(got)
+            words += [True] * n_tokens + [False] * (len(got) - n_tokens)
+        h = np.asarray(hashes, dtype=np.uint64)
+        d = np.asarray(docs, dtype=np.int64)
+        if self.bigrams and h.size > 1:
+            w = np.asarray(words, dtype=bool)
+            # Adjacent tokens of the same text (never across two texts, nor over n-grams).
+            pair = (d[:-1] == d[1:]) & w[:-1] & w[1:]
+            pairs = (h[:-1][pair] * _BIGRAM_MIX) ^ (h[1:][pair] + np.uint64(1))
+            h, d = np.concatenate([h, pairs]), np.concatenate([d, d[:-1][pair]])
+        key = d * self.n_features + (h % np.uint64(self.n_features)).astype(np.int64)
+        unique, counts = np.unique(key, return_counts=True)
+        bounds = np.searchsorted(unique // self.n_features, np.arange(len(todo) + 1))
+        index = (unique % self.n_features).astype(np.int64)
+        values = np.log1p(counts).astype(np.float32)
+        fresh = {}
+        for doc, text in enumerate(todo):
+            lo, hi = bounds[doc], bounds[doc + 1]
+            fresh[text] = (index[lo:hi].copy(), values[lo:hi].copy())
+            if len(self._features_cache) >= _CACHE_SIZE:
+                self._features_cache.pop(next(iter(self._features_cache)))
+            self._features_cache[text] = fresh[text]
+        return [got if got is not None else fresh[t] for t, got in zip(texts, out, strict=True)]
 
     def _vector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         index, values = self._hashed_counts(text)
@@ -154,11 +178,12 @@ class RiverTextStage(Stage):
         A cheap input for the deferral policy: a confident answer about a text made mostly of
         features the stage never learned from deserves less trust than its probabilities say.
         """
-        out = np.empty((len(texts), 1))
-        for row, text in enumerate(texts):
-            index = self._hashed_counts(text)[0]
-            out[row, 0] = float((self.doc_freq[index] > 0).mean()) if index.size else 0.0
-        return out
+        feats = self._hashed_counts_many(texts)
+        sizes = np.array([len(i) for i, _ in feats])
+        index = np.concatenate([i for i, _ in feats]) if feats else np.empty(0, np.int64)
+        seen = np.bincount(np.repeat(np.arange(len(texts)), sizes),
+                           weights=self.doc_freq[index] > 0, minlength=len(texts))
+        return (seen / np.maximum(sizes, 1))[:, None]
 
     def token_buckets(self, text: str) -> np.ndarray:
         """The hashed feature indices of ``text`` (for inspection and tests)."""
@@ -171,13 +196,29 @@ class RiverTextStage(Stage):
         z = np.exp(z - z.max())
         return np.asarray(z / z.sum())
 
+    def _proba_many(self, texts: Sequence[str]) -> np.ndarray:
+        """:meth:`_proba_one` of each text's :meth:`_vector`, for all texts at once."""
+        feats = self._hashed_counts_many(texts)
+        sizes = np.array([len(i) for i, _ in feats])
+        index = np.concatenate([i for i, _ in feats])
+        values = np.concatenate([v for _, v in feats])
+        if self.idf and self.n_docs:
+            values = values * np.log((1.0 + self.n_docs) / (1.0 + self.doc_freq[index])).astype(
+                np.float32) + values
+        doc = np.repeat(np.arange(len(texts)), sizes)
+        norm = np.sqrt(np.bincount(doc, weights=values * values, minlength=len(texts)))
+        values = values / np.where(norm > 0, norm, 1.0)[doc]
+        rows = self.weights[index]
+        z = np.stack([np.bincount(doc, weights=values * rows[:, c], minlength=len(texts))
+                      for c in range(rows.shape[1])], axis=1) + self.bias
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return np.asarray(z / z.sum(axis=1, keepdims=True))
+
     def predict_proba(self, texts: Sequence[str],
                       upstream: np.ndarray | None = None) -> np.ndarray:
         # ``upstream`` is not used: words alone are this stage's inputs.
         start = time.perf_counter()
-        out = np.empty((len(texts), len(self.labels)), dtype=np.float64)
-        for row, text in enumerate(texts):
-            out[row] = self._proba_one(*self._vector(text))
+        out = self._proba_many(texts) if len(texts) else np.empty((0, len(self.labels)))
         self.predict_seconds += time.perf_counter() - start
         self.n_predicted += len(texts)
         return out

@@ -137,3 +137,25 @@ def test_registry_builds_and_extends() -> None:
         assert make_stage("river2", TASKS["imdb"]).name == "river2"
     finally:
         registry._FACTORIES.pop("river2")
+
+
+@pytest.mark.parametrize("options", [{}, {"char_ngrams": 4}, {"bigrams": False, "idf": False}])
+def test_batched_answers_equal_one_text_at_a_time(options: dict[str, object]) -> None:
+    # A batch is hashed and scored at once; it must give what each text gives alone (a batch
+    # with repeats, texts of one token and none, and no token pair across two texts).
+    texts = ["good film", "bad plot", "good", "", "film good bad", "good film", "plot twist"]
+    stage = RiverTextStage(LABELS, n_features=2**10, **options)  # type: ignore[arg-type]
+    stage.learn(["good film", "bad plot", "great twist", "awful film"], [1, 0, 1, 0])
+    batched = stage.predict_proba(texts)
+    alone = []
+    for text in texts:
+        stage._features_cache.clear()
+        alone.append(stage._proba_one(*stage._vector(text)))
+    np.testing.assert_allclose(batched, np.vstack(alone), atol=1e-6)
+    stage._features_cache.clear()
+    together = stage._hashed_counts_many(["film good", "bad plot"])[0][0]
+    stage._features_cache.clear()
+    np.testing.assert_array_equal(together, stage.token_buckets("film good"))
+    np.testing.assert_allclose(stage.familiarity(texts)[:, 0],
+                               [(stage.doc_freq[stage.token_buckets(t)] > 0).mean()
+                                if t else 0.0 for t in texts])
