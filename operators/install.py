@@ -4,8 +4,8 @@
 app: the operator agent (input topic), the feedback agent (feedback topic), the learner agent
 (the single-partition demonstrations topic), a task that follows the state topic and then probes
 the event loop's lag (a metric), and two timers (unmatched feedback expiry, state publishing when
-the stream is quiet). Every agent waits until
-the newest model state has been loaded before it handles its first record.
+the stream is quiet). Every agent waits until the newest model state has been loaded before it
+handles its first record.
 """
 
 from __future__ import annotations
@@ -336,7 +336,7 @@ def install(
         if options.freeze_heap:
             freeze_heap()
         ready.set()
-        await probe_loop_lag(metrics)
+        await probe_loop_lag(metrics)  # until the worker stops
 
     async def stop_watcher(*_args: Any, **_kwargs: Any) -> None:
         if learner_streams and state_topic is not None:

@@ -9,12 +9,13 @@ about the task (uniform probabilities) and sees no future of the stream.
 The head's inputs are the embedding and, when the stage is not the first (``stack``), the previous
 stage's log-probabilities (centred per text): the head stacks on the cheaper stage instead of
 competing with it. The two views differ (words against a sentence embedding), so together they are
-right more often than either; replayed against GPT-3.5's answers, the events the stage could
-answer within a 2-point disagreement budget rose on every shared stream (README, "Measured").
+right more often than either (on ISEAR's swept curve, 62.9% of events to the LLM at -0.94 points
+with stacking against 66.8% at -1.06 without: README, "ONNX stage").
 
 Long texts keep their head and their tail (``truncation="head_tail"``): a quarter of
 ``max_length`` from the start, the rest from the end, where reviews tend to give their verdict
-(3 points of accuracy on IMDB at 128 tokens, at the same cost; ``"head"`` keeps the start only).
+(on shuffled IMDB the head agreed with the LLM on 0.79 of reviews against 0.77 with the first 128
+tokens, at the same cost; ``"head"`` keeps the start only).
 
 Inference is batched: the texts of one call that are not already in the embedding cache are
 tokenized, truncated to ``max_length`` tokens, sorted by length and cut into buckets of

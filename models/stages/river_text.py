@@ -119,14 +119,15 @@ class RiverTextStage(Stage):
         """Unique hashed feature indices of ``text`` and their log-scaled counts (cached)."""
         return self._hashed_counts_many([text])[0]
 
-    def _token_hashes(self, text: str) -> list[int]:
-        """Stable hashes of the text's tokens, then (``char_ngrams``) of its tokens' n-grams."""
+    def _token_hashes(self, text: str) -> tuple[list[int], list[int]]:
+        """Stable hashes of the text's tokens, in order, and (``char_ngrams``) of the n-grams of
+        its distinct tokens."""
         tokens = _TOKEN.findall(_MARKUP.sub(" ", text).lower())
-        hashes = [zlib.crc32(t.encode()) for t in tokens]
-        if self.char_ngrams >= 3:
-            hashes += [zlib.crc32(f"<{t}>"[i:i + n].encode(), 0x5C5C) for t in set(tokens)
+        words = [zlib.crc32(t.encode()) for t in tokens]
+        if self.char_ngrams < 3:
+            return words, []
+        return words, [zlib.crc32(f"<{t}>"[i:i + n].encode(), 0x5C5C) for t in set(tokens)
                        for n in range(3, self.char_ngrams + 1) for i in range(len(t) + 3 - n)]
-        return hashes
 
     def _hashed_counts_many(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`_hashed_counts` of each text. The texts not in the cache are hashed together:
@@ -137,11 +138,10 @@ class RiverTextStage(Stage):
             return out  # type: ignore[return-value]
         hashes, docs, words = [], [], []  # words: whether a hash is a token's (bigrams pair those)
         for doc, text in enumerate(todo):
-            n_tokens = len(_TOKEN.findall(_MARKUP.sub(" ", text).lower()))
-            got = self._token_hashes(text)
-            hashes += got
-            docs += [doc] * len(got)
-            words += [True] * n_tokens + [False] * (len(got) - n_tokens)
+            tokens, grams = self._token_hashes(text)
+            hashes += tokens + grams
+            docs += [doc] * (len(tokens) + len(grams))
+            words += [True] * len(tokens) + [False] * len(grams)
         h = np.asarray(hashes, dtype=np.uint64)
         d = np.asarray(docs, dtype=np.int64)
         if self.bigrams and h.size > 1:

@@ -149,8 +149,8 @@ def _loop_lag_summary(before: dict[float, float], after: dict[float, float]) -> 
     total = counts.get(float("inf"), 0.0)
     summary: dict[str, Any] = {"probes": int(total)}
     for bound in (0.01, 0.025, 0.05):
-        summary[f"over_{int(bound * 1000)}ms"] = (total - counts.get(bound, 0.0)) / total \
-            if total else float("nan")
+        over = total - counts.get(bound, 0.0)
+        summary[f"over_{int(bound * 1000)}ms"] = over / total if total else float("nan")
     return summary
 
 

@@ -90,8 +90,7 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
 def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: str | None,
            task_name: str, labels: str | None, stages: str, stage_option: tuple[str, ...],
            mu: float | None, target_llm_share: float | None, max_quality_loss: float | None,
-           sweep: bool,
-           sweep_losses: str, sweep_shares: str, sweep_confidence: str, feedback: str,
+           sweep: bool, sweep_losses: str, sweep_shares: str, sweep_confidence: str, feedback: str,
            audit_rate: float | None, stage_costs: tuple[str, ...],
            warmup: int | None, batch_size: int, baseline_threshold: float, seed: int,
            shuffle: bool, limit: int | None, json_out: Path, plot_out: Path | None) -> None:
