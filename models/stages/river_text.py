@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -102,7 +103,9 @@ class RiverTextStage(Stage):
         self.learn_seconds = 0.0
         self.n_predicted = 0
         self.n_learned = 0
-        self._features_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # Oldest first; an OrderedDict pops its oldest entry in O(1), where a dict's first key
+        # gets slower to find as entries are removed from its front.
+        self._features_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def _reset(self) -> None:
         k = len(self.labels)
@@ -160,7 +163,7 @@ class RiverTextStage(Stage):
             lo, hi = bounds[doc], bounds[doc + 1]
             fresh[text] = (index[lo:hi].copy(), values[lo:hi].copy())
             if len(self._features_cache) >= _CACHE_SIZE:
-                self._features_cache.pop(next(iter(self._features_cache)))
+                self._features_cache.popitem(last=False)
             self._features_cache[text] = fresh[text]
         return [got if got is not None else fresh[t] for t, got in zip(texts, out, strict=True)]
 
