@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from cascade_streams import sentiment_stream, write_stream
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from streamcascade.cli import cli
 from streamcascade.models.cascade import CascadeConfig, build_cascade
@@ -117,33 +117,35 @@ def test_cli_generic_task_and_errors(tmp_path: Path) -> None:
     assert missing.exit_code != 0 and "no recorded answers" in missing.output
 
 
-def test_cli_prices_stages(tmp_path: Path) -> None:
+def _replay_small_stream(tmp_path: Path, *flags: str) -> tuple[Result, Path]:
+    """``streamcascade replay`` of a small sentiment stream with ``flags``; the CLI's result and
+    the JSON's path."""
     path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(200, seed=8))
-    out = tmp_path / "p.json"
-    result = CliRunner().invoke(cli, [
-        "replay", "--dataset", str(path), "--llm", "oracle", "--json", str(out),
-        "--stage-cost", "oracle=10", "--stage-cost", "river=1"])
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "oracle",
+                                      "--json", str(out), *flags])
+    return result, out
+
+
+def test_cli_prices_stages(tmp_path: Path) -> None:
+    result, out = _replay_small_stream(tmp_path, "--stage-cost", "oracle=10",
+                                       "--stage-cost", "river=1")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["stages"]["river"]["cost_per_event"] == 1.0
     # every event runs the river stage (1) and a share of them the LLM (10), over 10 per event
     assert data["relative_cost"] == pytest.approx(data["llm_call_fraction"] + 0.1)
-    bad = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "oracle",
-                                   "--json", str(out), "--stage-cost", "river"])
+    bad, _ = _replay_small_stream(tmp_path, "--stage-cost", "river")
     assert bad.exit_code != 0 and "NAME=PRICE" in bad.output
 
 
 def test_cli_passes_stage_options(tmp_path: Path) -> None:
-    path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(200, seed=8))
-    out = tmp_path / "o.json"
-    result = CliRunner().invoke(cli, [
-        "replay", "--dataset", str(path), "--llm", "oracle", "--json", str(out),
-        "--stage-option", "river.n_features=64", "--stage-option", "river.bigrams=false"])
+    result, out = _replay_small_stream(tmp_path, "--stage-option", "river.n_features=64",
+                                       "--stage-option", "river.bigrams=false")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["stage_options"] == {"river": {"n_features": 64, "bigrams": False}}
     # 64 features x 2 classes + 2 biases, over BERT-base's 110M parameters
     assert data["stages"]["river"]["cost_per_event"] == pytest.approx(130 / 110e6)
-    bad = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "oracle",
-                                   "--json", str(out), "--stage-option", "river.nope=1"])
+    bad, _ = _replay_small_stream(tmp_path, "--stage-option", "river.nope=1")
     assert bad.exit_code != 0 and "nope" in bad.output
