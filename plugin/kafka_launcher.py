@@ -61,8 +61,13 @@ log = logging.getLogger(__name__)
 #: test broker holds a few small topics, and 512 MiB leaves room on a small machine.
 DEFAULT_HEAP = "512m"
 #: JVM flags besides the heap: G1 with short pauses, as Kafka's scripts use; die on OOM rather
-#: than limp on.
+#: than limp on. The quick C1 compiler only (``TieredStopAtLevel=1``): for minutes after a start,
+#: the optimising C2 compiler took about half a core (measured at 1,000 events/s on 2 cores, by
+#: thread: 55% of a core in compiler threads, 30-40% serving requests), the workers and the
+#: clients beside the broker waited for a core meanwhile, and the end-to-end p99 latency grew
+#: with it. C1 code served the same load in about half the broker's CPU in all.
 JVM_FLAGS = (
+    "-XX:TieredStopAtLevel=1",
     "-XX:+UseG1GC",
     "-XX:MaxGCPauseMillis=20",
     "-XX:InitiatingHeapOccupancyPercent=35",
@@ -627,13 +632,12 @@ class LocalKafka:
 
     def _format_storage(self, jvm: list[str], config: Path, archive: Path) -> bool:
         """Format the storage; return whether this JVM accepted the class-sharing flags."""
-        # `kafka-storage.sh format --standalone`: a one-voter dynamic quorum. A short-lived JVM:
-        # the quick C1 compiler alone starts it faster.
+        # `kafka-storage.sh format --standalone`: a one-voter dynamic quorum.
         tool = ["kafka.tools.StorageTool", "format", "--standalone",
                 "--cluster-id", _random_cluster_id(), "--config", str(config)]  # fmt: skip
         pending = self.data_dir / _FORMAT_ARCHIVE
         cds = _archive_flags(archive, pending)
-        cmd = [*jvm, "-XX:TieredStopAtLevel=1", *cds, *tool]
+        cmd = [*jvm, *cds, *tool]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.data_dir, check=False)
         shares_classes = True
         if proc.returncode != 0 and not (self.data_dir / "data").exists():
