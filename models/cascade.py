@@ -331,7 +331,7 @@ class Cascade:
                 arrays[f"referee{j}_{key}"] = value
         for key, value in self.controller.arrays().items():
             arrays[f"controller_{key}"] = value
-        return pack_state(meta, arrays)
+        return pack_state(meta, arrays, compress=True)  # the stages' parts are not compressed
 
     def load_state(self, data: bytes) -> None:
         """Replace all learned state; :class:`ModelStateError` if the bytes are not ours."""

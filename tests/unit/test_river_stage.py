@@ -90,6 +90,20 @@ def test_state_round_trip_gives_identical_predictions() -> None:
     assert np.array_equal(stage.predict_proba(texts), copy.predict_proba(texts))
 
 
+def test_state_holds_exactly_the_rows_learning_wrote() -> None:
+    from streamcascade.models.state import unpack_state
+
+    stage, rows = trained(60)
+    written = np.unique(np.concatenate(
+        [stage._hashed_counts(str(r["text"]))[0] for r in rows]))
+    _, arrays = unpack_state(stage.state_bytes())
+    assert np.array_equal(arrays["rows"], written)
+    # A stage loaded from state publishes the same state: it knows which rows it holds.
+    copy = RiverTextStage(LABELS)
+    copy.load_state(stage.state_bytes())
+    assert copy.state_bytes() == stage.state_bytes()
+
+
 @pytest.mark.parametrize("mangle", [
     lambda b: b[:-7],
     lambda b: b"not state at all",
