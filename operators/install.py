@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamcascade.errors import ConfigurationError
-from streamcascade.operators.batching import micro_batches
+from streamcascade.operators.batching import DEFAULT_BATCH_TIME_S, micro_batches
 from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.dead_letters import SourcePosition
 from streamcascade.operators.decision_log import DecisionLog
@@ -58,7 +58,7 @@ class OperatorOptions:
     """How the operator batches, joins and learns (see :class:`streamcascade.settings.Settings`)."""
 
     batch_size: int = 100
-    batch_time_s: float = 0.02
+    batch_time_s: float = DEFAULT_BATCH_TIME_S
     learn_batch_size: int = 500
     learn_batch_time_s: float = 0.5
     publish_interval_s: float = 2.0

@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamcascade.operators.batching import DEFAULT_BATCH_TIME_S
+
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "streamcascade"
@@ -44,7 +46,7 @@ class Settings(BaseSettings):
     source_field: str = "source"
     #: Micro-batches: at most this many events, waiting at most this long for them.
     batch_size: int = Field(100, ge=1, le=10_000)
-    batch_time_s: float = Field(0.02, gt=0, le=60)
+    batch_time_s: float = Field(DEFAULT_BATCH_TIME_S, gt=0, le=60)
     #: Records larger than this become ``oversized_payload`` dead letters.
     max_payload_bytes: int = Field(1_000_000, ge=64)
     #: How long an event waits for its feedback (and feedback for its event), and how many wait.

@@ -45,6 +45,7 @@ from typing import Any
 import click
 
 from streamcascade.errors import StreamcascadeError
+from streamcascade.operators.batching import DEFAULT_BATCH_TIME_S
 
 LLM = "gpt-3.5-turbo-1106"
 
@@ -258,7 +259,8 @@ def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str
 
 
 def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, seconds: float,
-              target_share: float, out_dir: Path, batch_time: float = 0.02) -> dict[str, Any]:
+              target_share: float, out_dir: Path,
+              batch_time: float = DEFAULT_BATCH_TIME_S) -> dict[str, Any]:
     from streamcascade.demo import DATA
     from streamcascade.models.datasets import read_stream
 
@@ -339,8 +341,8 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
 @click.option("--seconds", type=float, default=7.0, show_default=True,
               help="Length of the latency run.")
 @click.option("--target-llm-share", type=float, default=0.1, show_default=True)
-@click.option("--batch-time", type=float, default=0.02, show_default=True,
-              help="Micro-batch wait of both workers.")
+@click.option("--batch-time", type=float, default=DEFAULT_BATCH_TIME_S, show_default=True,
+              help="Micro-batch wait of both workers (the operator's default).")
 def command(json_out: str, bootstrap: str | None, events: int, warm: int, rate: float,
             seconds: float, target_llm_share: float, batch_time: float) -> None:
     """End-to-end events/s of the cascade operator against a pass-through agent, and the p99
