@@ -171,11 +171,17 @@ class RiverTextStage(Stage):
             self._features_cache[text] = fresh[text]
         return [got if got is not None else fresh[t] for t, got in zip(texts, out, strict=True)]
 
+    def _idf_weighted(self, index: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Log counts scaled by one plus the IDF counted on the texts learned so far (any number
+        of texts' features, concatenated)."""
+        if not (self.idf and self.n_docs):
+            return counts
+        idf = np.log((1.0 + self.n_docs) / (1.0 + self.doc_freq[index])).astype(np.float32)
+        return counts * idf + counts
+
     def _vector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        index, values = self._hashed_counts(text)
-        if self.idf and self.n_docs:
-            values = values * np.log((1.0 + self.n_docs) / (1.0 + self.doc_freq[index])).astype(
-                np.float32) + values
+        index, counts = self._hashed_counts(text)
+        values = self._idf_weighted(index, counts)
         norm = float(np.sqrt(values @ values))
         return index, (values / norm if norm > 0 else values)
 
@@ -208,10 +214,7 @@ class RiverTextStage(Stage):
         feats = self._hashed_counts_many(texts)
         sizes = np.array([len(i) for i, _ in feats])
         index = np.concatenate([i for i, _ in feats])
-        values = np.concatenate([v for _, v in feats])
-        if self.idf and self.n_docs:
-            values = values * np.log((1.0 + self.n_docs) / (1.0 + self.doc_freq[index])).astype(
-                np.float32) + values
+        values = self._idf_weighted(index, np.concatenate([v for _, v in feats]))
         doc = np.repeat(np.arange(len(texts)), sizes)
         norm = np.sqrt(np.bincount(doc, weights=values * values, minlength=len(texts)))
         values = values / np.where(norm > 0, norm, 1.0)[doc]
