@@ -314,8 +314,9 @@ class Cascade:
         return {"kind": "cascade", "task": self.task.name, "labels": list(self.task.labels.names),
                 "stages": [s.name for s in self.stages]}
 
-    def state_bytes(self) -> bytes:
-        """All learned state (stages, policies, learner, controller, random generator)."""
+    def state_bytes(self, compress: bool = True) -> bytes:
+        """All learned state (stages, policies, learner, controller, random generator);
+        uncompressed with ``compress=False`` (see :func:`.state.compress_state`)."""
         meta: dict[str, Any] = {
             **self._shape(), "version": self.version, "n_learned": self.learner.n_learned,
             "policy_updates": [p.n_updates for p in self.policies],
@@ -331,14 +332,15 @@ class Cascade:
                 arrays[f"referee{j}_{key}"] = value
         for key, value in self.controller.arrays().items():
             arrays[f"controller_{key}"] = value
-        return pack_state(meta, arrays, compress=True)  # the stages' parts are not compressed
+        return pack_state(meta, arrays, compress=compress)  # the stages' parts are not compressed
 
     def load_state(self, data: bytes) -> None:
         """Replace all learned state; :class:`ModelStateError` if the bytes are not ours."""
         meta, arrays = unpack_state(data)
         for key, value in self._shape().items():
             expect(meta, key, value)
-        backup = self.state_bytes()  # all or nothing: a part that fails restores the whole
+        # All or nothing: a part that fails restores the whole.
+        backup = self.state_bytes(compress=False)
         try:
             self._load(meta, arrays)
         except ModelStateError:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from streamcascade.errors import UnknownLabelError
+from streamcascade.models.state import compress_state
 from streamcascade.models.types import Demonstration, Event
 from streamcascade.operators.metrics import OperatorMetrics
 from streamcascade.operators.state_store import StateSigner
@@ -57,6 +58,8 @@ class Learner:
         Where counts go.
     publish_interval_s
         Smallest time between two published states (each is a full snapshot).
+    learn_slice
+        Demonstrations learned between two turns of the event loop.
     """
 
     def __init__(
@@ -66,12 +69,14 @@ class Learner:
         publish: Callable[[bytes], Awaitable[None]],
         metrics: OperatorMetrics,
         publish_interval_s: float = 2.0,
+        learn_slice: int = 16,
     ) -> None:
         self.cascade = cascade
         self.signer = signer
         self.publish = publish
         self.metrics = metrics
         self.publish_interval_s = publish_interval_s
+        self.learn_slice = max(1, int(learn_slice))
         #: The newest version this worker knows is published (its own, or loaded from the topic).
         self.published_version = int(cascade.version)
         self._unacked: list[Any] = []
@@ -81,32 +86,36 @@ class Learner:
     async def learn(self, values: Sequence[bytes | None]) -> int:
         """Learn a batch of demonstration records; returns how many were usable.
 
-        It waits while a snapshot is being taken, which runs in a thread (see
-        :meth:`maybe_publish`) and must not see the stages change under it.
+        It learns ``learn_slice`` demonstrations at a time and lets the event loop turn between
+        slices, so that answering never waits for a whole batch of learning. It waits while a
+        state is being published (see :meth:`maybe_publish`): records learned meanwhile would be
+        acked with a state that does not include them.
         """
-        async with self._lock:
-            return self._learn_now(values)
-
-    def _learn_now(self, values: Sequence[bytes | None]) -> int:
         labels = self.cascade.task.labels
         demos = [d for d in (decode_demonstration(v, labels) for v in values) if d is not None]
-        if demos:
-            try:
-                self.cascade.learn(demos)
-            except Exception:  # a bug in a stage must not stop serving; say so loudly
-                log.exception("learning a batch of %d demonstrations failed; skipped", len(demos))
-                return 0
-            for demo in demos:
-                self.metrics.demonstrations.labels(demo.source).inc()
+        learned = 0
+        async with self._lock:
+            for start in range(0, len(demos), self.learn_slice):
+                if start:
+                    await asyncio.sleep(0)
+                learned += self._learn_now(demos[start:start + self.learn_slice])
+        return learned
+
+    def _learn_now(self, demos: Sequence[Demonstration]) -> int:
+        if not demos:
+            return 0
+        try:
+            self.cascade.learn(demos)
+        except Exception:  # a bug in a stage must not stop serving; say so loudly
+            log.exception("learning a batch of %d demonstrations failed; skipped", len(demos))
+            return 0
+        for demo in demos:
+            self.metrics.demonstrations.labels(demo.source).inc()
         return len(demos)
 
-    def _snapshot(self, version: int, meta: dict[str, Any]) -> bytes:
-        # Runs in a thread. The learned parts (stages, policies) change only in `learn`, which
-        # the lock holds off. Answering goes on meanwhile and moves the operating-point
-        # controller's window; each array is copied whole under the GIL, so at worst the
-        # snapshot's window of recent events is a batch off, a rolling estimate that the next
-        # batches refresh anyway.
-        return self.signer.sign(version, self.cascade.state_bytes(), meta)
+    def _seal(self, version: int, state: bytes, meta: dict[str, Any]) -> bytes:
+        # Runs in a thread: zlib and the HMAC release the GIL while they work.
+        return self.signer.sign(version, compress_state(state), meta)
 
     def hold(self, handles: Sequence[Any]) -> None:
         """Keep these records un-acked until a state that includes them is published."""
@@ -124,9 +133,14 @@ class Learner:
             if version > self.published_version:
                 stages = [s.name for s in self.cascade.stages]
                 meta = {"task": self.cascade.task.name, "stages": stages}
-                # Serialising and compressing a snapshot takes a while (tens to hundreds of ms);
-                # in a thread, the operator keeps answering meanwhile. Learning waits (the lock).
-                blob = await asyncio.to_thread(self._snapshot, version, meta)
+                # Capturing the state copies arrays and holds the GIL (about 8 ms for a warm
+                # HateSpeech cascade), so it runs here, between two batches, and sees a
+                # consistent cascade. In a thread it fought the loop and Faust's consumer
+                # thread for the GIL, took 60 ms or more, and the answers of that window
+                # waited (bench kafka). Compressing and signing release the GIL: a thread.
+                await asyncio.sleep(0)  # a turn of the loop between learning and capturing
+                state = self.cascade.state_bytes(compress=False)
+                blob = await asyncio.to_thread(self._seal, version, state, meta)
                 await self.publish(blob)
                 self.published_version = version
                 self.metrics.states_published.inc()

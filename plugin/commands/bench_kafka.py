@@ -7,7 +7,9 @@ Two measurements, each on fresh topics of the same broker, in one run:
    keyed by id, ack after the broker has it) and then a cascade worker read them. Events/s is the
    count of outputs over the span between the first and the last output's broker timestamp, so
    worker start-up is not counted. ``throughput_ratio`` is the operator's over the pass-through's.
-2. **Latency.** The warm cascade worker on a stream produced at ``--rate`` events/s; an answer's
+2. **Latency.** The warm cascade worker on a stream produced at ``--rate`` events/s (its first
+   ``--settle`` seconds are not counted: a long-running worker is past its first learning batch and
+   first state publication, which a freshly started one does in its first half second); an answer's
    latency is its output record's timestamp minus its input record's (both create times on this
    machine's clock: the bench stamps an event when it calls ``produce()``, with a 1 ms linger;
    the worker's producer stamps an answer when it is handed over, before the broker acknowledges
@@ -213,10 +215,11 @@ def _throughput(got: dict[str, tuple[dict[str, Any], int]]) -> float:
     return (len(stamps) - 1) / span if span > 0 else float("nan")
 
 
-def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str
+def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str, settle: int = 0
                  ) -> tuple[dict[str, Any], list[float]]:
     """Stream ``rows[1:]`` at ``rate`` through a started worker; its figures, keyed by ``mode``,
-    and the latencies (ms) of its first-stage answers.
+    and the latencies (ms) of its first-stage answers. Latencies count the events after the
+    first ``settle``; CPU and loop lag cover the whole stream.
 
     Beside the end-to-end latency it reports where the time went: ``in_worker`` is the
     output's own ``latency_ms`` (from Faust handing the record to the agent to its answer being
@@ -238,8 +241,9 @@ def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str
     got = _collect(dep, set(sent), timeout=120)
     after = process_times(dep.worker.pid)
     lag = _loop_lag_summary(lag_before, _loop_lag_buckets(dep.metrics_port))
-    total = {i: float(ts - sent[i]) for i, (_, ts) in got.items() if i in sent}
-    inside = {i: float(v["latency_ms"]) for i, (v, _) in got.items() if i in sent}
+    counted = {r.id for r in rows[1 + settle:]}
+    total = {i: float(ts - sent[i]) for i, (_, ts) in got.items() if i in counted}
+    inside = {i: float(v["latency_ms"]) for i, (v, _) in got.items() if i in counted}
     figures: dict[str, Any] = {
         f"p50_{mode}_ms": _percentile(list(total.values()), 50),
         f"p99_{mode}_ms": _percentile(list(total.values()), 99),
@@ -260,7 +264,7 @@ def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str
 
 def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, seconds: float,
               target_share: float, out_dir: Path,
-              batch_time: float = DEFAULT_BATCH_TIME_S) -> dict[str, Any]:
+              batch_time: float = DEFAULT_BATCH_TIME_S, settle: float = 0.5) -> dict[str, Any]:
     from streamcascade.demo import DATA
     from streamcascade.models.datasets import read_stream
 
@@ -274,7 +278,8 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
     result: dict[str, Any] = {"bench": "kafka", "events": events, "warm_events": warm,
                               "warm_model_version": version, "rate": rate, "llm": LLM,
                               "target_llm_share": target_share, "batch_time_s": batch_time,
-                              "batch_size": 200, "machine": platform.platform()}
+                              "batch_size": 200, "latency_settle_s": settle,
+                              "machine": platform.platform()}
     with ExitStack() as stack:
         if bootstrap is None:
             from streamcascade.kafka_launcher import LocalKafka
@@ -305,24 +310,25 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
 
         stage1: list[float] = []
         # Distinct events (ids key the latency pairs), from the part of the stream not learned.
-        latency_rows = rows[warm : warm + 1 + int(rate * seconds)]
-        if len(latency_rows) < 1 + int(rate * seconds):
-            raise StreamcascadeError(
-                f"--rate x --seconds must be below {len(rows) - warm} (the stream's unseen events)")
+        n_settle, n_counted = int(rate * settle), int(rate * seconds)
+        latency_rows = rows[warm : warm + 1 + n_settle + n_counted]
+        if len(latency_rows) < 1 + n_settle + n_counted:
+            raise StreamcascadeError(f"--rate x (--settle + --seconds) must be below "
+                                     f"{len(rows) - warm} (the stream's unseen events)")
         # The pass-through at the same rate is the latency the plumbing alone costs.
         for mode in ("passthrough", "operator"):
             dep = _Deployment(bootstrap, f"latency-{mode}", key, out_dir, mode == "passthrough",
                               target_share, None if mode == "passthrough" else state, batch_time)
             dep.start()
             try:
-                figures, answers = _latency_run(dep, latency_rows, rate, mode)
+                figures, answers = _latency_run(dep, latency_rows, rate, mode, n_settle)
             finally:
                 dep.stop()
             result.update(figures)
             if mode == "operator":
                 stage1 = answers
     result.update({
-        "latency_events": len(latency_rows) - 1, "latency_stage1_answers": len(stage1),
+        "latency_events": n_counted, "latency_stage1_answers": len(stage1),
         "p50_stage1_ms": _percentile(stage1, 50), "p99_stage1_ms": _percentile(stage1, 99),
     })
     return result
@@ -339,12 +345,14 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
 @click.option("--rate", type=float, default=1000.0, show_default=True,
               help="Events/s of the latency run.")
 @click.option("--seconds", type=float, default=7.0, show_default=True,
-              help="Length of the latency run.")
+              help="Length of the latency run (counted).")
+@click.option("--settle", type=float, default=0.5, show_default=True,
+              help="Seconds of the latency stream, before the counted ones, that are not counted.")
 @click.option("--target-llm-share", type=float, default=0.1, show_default=True)
 @click.option("--batch-time", type=float, default=DEFAULT_BATCH_TIME_S, show_default=True,
               help="Micro-batch wait of both workers (the operator's default).")
 def command(json_out: str, bootstrap: str | None, events: int, warm: int, rate: float,
-            seconds: float, target_llm_share: float, batch_time: float) -> None:
+            seconds: float, settle: float, target_llm_share: float, batch_time: float) -> None:
     """End-to-end events/s of the cascade operator against a pass-through agent, and the p99
     latency of first-stage answers at a steady rate, on a real broker."""
     out = Path(json_out)
@@ -353,7 +361,7 @@ def command(json_out: str, bootstrap: str | None, events: int, warm: int, rate: 
         logs = out.parent / "bench-kafka-logs"
         logs.mkdir(exist_ok=True)
         result = run_bench(bootstrap, events, warm, rate, seconds, target_llm_share, logs,
-                           batch_time)
+                           batch_time, settle)
     except StreamcascadeError as exc:
         raise click.ClickException(str(exc)) from None
     out.write_text(json.dumps(result, indent=2) + "\n")

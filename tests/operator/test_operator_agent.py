@@ -173,6 +173,39 @@ async def test_learner_publishes_signed_state_that_another_worker_loads(records_
     assert out  # the batch was answered
 
 
+async def test_learning_lets_the_event_loop_turn_between_slices(records_file: Path) -> None:
+    """A batch of demonstrations is learned a slice at a time, and other tasks (answering) run
+    between the slices rather than wait for the whole batch."""
+    op = make_operator(records_file, warmup=20)
+    rows = read_stream(records_file)[:10]
+    demos = [json.dumps({"id": r.id, "text": r.text, "label": r.label, "source": "ground_truth"})
+             .encode() for r in rows]
+    timeline: list[str] = []
+    learn = op.cascade.learn
+
+    def logged_learn(batch: Any) -> None:
+        timeline.append(f"learn {len(batch)}")
+        learn(batch)
+
+    op.cascade.learn = logged_learn  # type: ignore[method-assign]
+
+    async def answering() -> None:
+        for _ in range(3):
+            timeline.append("answer")
+            await asyncio.sleep(0)
+
+    async def publish(blob: bytes) -> None:
+        raise AssertionError("not due")
+
+    learner = Learner(op.cascade, StateSigner(KEY), publish, op.metrics, learn_slice=4)
+    other = asyncio.ensure_future(answering())
+    assert await learner.learn(demos) == 10
+    await other
+    assert [t for t in timeline if t.startswith("learn")] == ["learn 4", "learn 4", "learn 2"]
+    first, last = timeline.index("learn 4"), timeline.index("learn 2")
+    assert "answer" in timeline[first:last]  # the loop turned while the batch was learned
+
+
 def test_attach_installs_the_agents_into_a_faust_app(records_file: Path) -> None:
     import faust
 
