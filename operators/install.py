@@ -25,7 +25,7 @@ from streamcascade.operators.batching import DEFAULT_BATCH_TIME_S, micro_batches
 from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.dead_letters import SourcePosition
 from streamcascade.operators.decision_log import DecisionLog
-from streamcascade.operators.learner_agent import Learner
+from streamcascade.operators.learner_agent import DEFAULT_PUBLISH_INTERVAL_S, Learner
 from streamcascade.operators.metrics import OperatorMetrics
 from streamcascade.operators.operator import (
     CascadeOperator,
@@ -61,7 +61,7 @@ class OperatorOptions:
     batch_time_s: float = DEFAULT_BATCH_TIME_S
     learn_batch_size: int = 500
     learn_batch_time_s: float = 0.5
-    publish_interval_s: float = 2.0
+    publish_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S
     decision_ttl_s: float = 600.0
     decision_log_size: int = 100_000
     state_max_bytes: int = 64 * 1024 * 1024

@@ -26,6 +26,13 @@ from streamcascade.operators.state_store import StateSigner
 
 log = logging.getLogger(__name__)
 
+#: Least seconds between two published states. Each is a full snapshot (0.35 MB compressed for a
+#: warm HateSpeech cascade, and it grows with the River stage's vocabulary), written to the state
+#: topic and read back by every worker; every 2 s, the earlier default, that was a steady stream
+#: of writes, and each publication delayed the answers around it (bench kafka). Other workers
+#: serve the learner's updates this much later; a new learner re-learns at most this much.
+DEFAULT_PUBLISH_INTERVAL_S = 10.0
+
 
 def decode_demonstration(raw: bytes | None, labels: Any) -> Demonstration | None:
     """A demonstration record (written by the operator) as a :class:`Demonstration`, or None."""
@@ -68,7 +75,7 @@ class Learner:
         signer: StateSigner,
         publish: Callable[[bytes], Awaitable[None]],
         metrics: OperatorMetrics,
-        publish_interval_s: float = 2.0,
+        publish_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S,
         learn_slice: int = 16,
     ) -> None:
         self.cascade = cascade

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamcascade.operators.batching import DEFAULT_BATCH_TIME_S
+from streamcascade.operators.learner_agent import DEFAULT_PUBLISH_INTERVAL_S
 
 
 def default_cache_dir() -> Path:
@@ -55,7 +56,7 @@ class Settings(BaseSettings):
     #: The learner: demonstrations per update, and the least time between published states.
     learn_batch_size: int = Field(500, ge=1)
     learn_batch_time_s: float = Field(0.5, gt=0)
-    publish_interval_s: float = Field(2.0, gt=0)
+    publish_interval_s: float = Field(DEFAULT_PUBLISH_INTERVAL_S, gt=0)
     #: The largest model state record (the state topic's ``max.message.bytes``).
     state_max_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     #: The fleet's shared HMAC-SHA256 key for model state; required with a state topic.
