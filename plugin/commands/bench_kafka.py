@@ -28,7 +28,9 @@ Two measurements, each on fresh topics of the same broker, in one run:
 The cascade is warmed first, as a long-running operator would be: it learns the ground truth of
 the stream's first ``--warm`` events in this process, and that state is published (signed) to the
 state topic the workers load at start, so most measured events are answered by the first stage
-(the operating point is ``--target-llm-share``). The LLM is the recorded GPT-3.5.
+(the operating point is ``--target-llm-share``). The LLM is the recorded GPT-3.5. The operator
+learns from the LLM's answers while it runs and publishes its state every ``--publish-interval``
+seconds (the worker's default unless given).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import click
 
 from streamcascade.errors import StreamcascadeError
 from streamcascade.operators.batching import DEFAULT_BATCH_TIME_S
+from streamcascade.operators.learner_agent import DEFAULT_PUBLISH_INTERVAL_S
 
 LLM = "gpt-3.5-turbo-1106"
 
@@ -82,8 +85,8 @@ class _Deployment:
     """Fresh topics, the warm state published, one worker subprocess."""
 
     def __init__(self, bootstrap: str, name: str, key: str, out_dir: Path,
-                 pass_through: bool, target_share: float, state: bytes | None,
-                 batch_time: float) -> None:
+                 pass_through: bool, state: bytes | None, batch_time: float,
+                 operator_flags: Sequence[str] = ()) -> None:
         from streamcascade.kafka_launcher import find_free_port
         from streamcascade.operators.state_store import STATE_KEY
         from streamcascade.operators.stream_io import make_producer
@@ -103,7 +106,7 @@ class _Deployment:
         self.key = key
         self.log = out_dir / f"{run}.log"
         self.pass_through = pass_through
-        self.target_share = target_share
+        self.operator_flags = list(operator_flags)
         self.batch_time = batch_time
         self.metrics_port = find_free_port()
         self.worker: Any = None
@@ -120,7 +123,7 @@ class _Deployment:
             extra.append("--pass-through")
         else:
             extra += ["--task", "hatespeech", "--llm", LLM, "--llm-records", str(DATA),
-                      "--target-llm-share", str(self.target_share)]
+                      *self.operator_flags]
         argv = worker_command(self.bootstrap, self.app_id, topics, extra)
         self.worker = start_worker(argv, {"STREAMCASCADE_STATE_SIGNING_KEY": self.key}, self.log)
 
@@ -264,7 +267,8 @@ def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str, sett
 
 def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, seconds: float,
               target_share: float, out_dir: Path,
-              batch_time: float = DEFAULT_BATCH_TIME_S, settle: float = 0.5) -> dict[str, Any]:
+              batch_time: float = DEFAULT_BATCH_TIME_S, settle: float = 0.5,
+              publish_interval: float = DEFAULT_PUBLISH_INTERVAL_S) -> dict[str, Any]:
     from streamcascade.demo import DATA
     from streamcascade.models.datasets import read_stream
 
@@ -279,6 +283,7 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
                               "warm_model_version": version, "rate": rate, "llm": LLM,
                               "target_llm_share": target_share, "batch_time_s": batch_time,
                               "batch_size": 200, "latency_settle_s": settle,
+                              "publish_interval_s": publish_interval,
                               "machine": platform.platform()}
     with ExitStack() as stack:
         if bootstrap is None:
@@ -290,9 +295,11 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
             bootstrap = broker.start()
             stack.callback(broker.stop)
         ids = {r.id for r in bench_rows}
+        flags = ["--target-llm-share", str(target_share), "--publish-interval",
+                 str(publish_interval)]
         for mode in ("passthrough", "operator"):
-            dep = _Deployment(bootstrap, mode, key, out_dir, mode == "passthrough", target_share,
-                              None if mode == "passthrough" else state, batch_time)
+            dep = _Deployment(bootstrap, mode, key, out_dir, mode == "passthrough",
+                              None if mode == "passthrough" else state, batch_time, flags)
             _produce(bootstrap, dep.topics["input"], bench_rows, None)
             click.echo(f"{mode}: {events} events pre-produced; starting the worker ...", err=True)
             dep.start()
@@ -318,7 +325,7 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
         # The pass-through at the same rate is the latency the plumbing alone costs.
         for mode in ("passthrough", "operator"):
             dep = _Deployment(bootstrap, f"latency-{mode}", key, out_dir, mode == "passthrough",
-                              target_share, None if mode == "passthrough" else state, batch_time)
+                              None if mode == "passthrough" else state, batch_time, flags)
             dep.start()
             try:
                 figures, answers = _latency_run(dep, latency_rows, rate, mode, n_settle)
@@ -351,8 +358,11 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
 @click.option("--target-llm-share", type=float, default=0.1, show_default=True)
 @click.option("--batch-time", type=float, default=DEFAULT_BATCH_TIME_S, show_default=True,
               help="Micro-batch wait of both workers (the operator's default).")
+@click.option("--publish-interval", type=float, default=DEFAULT_PUBLISH_INTERVAL_S,
+              show_default=True, help="The operator's least seconds between model states.")
 def command(json_out: str, bootstrap: str | None, events: int, warm: int, rate: float,
-            seconds: float, settle: float, target_llm_share: float, batch_time: float) -> None:
+            seconds: float, settle: float, target_llm_share: float, batch_time: float,
+            publish_interval: float) -> None:
     """End-to-end events/s of the cascade operator against a pass-through agent, and the p99
     latency of first-stage answers at a steady rate, on a real broker."""
     out = Path(json_out)
@@ -361,7 +371,7 @@ def command(json_out: str, bootstrap: str | None, events: int, warm: int, rate: 
         logs = out.parent / "bench-kafka-logs"
         logs.mkdir(exist_ok=True)
         result = run_bench(bootstrap, events, warm, rate, seconds, target_llm_share, logs,
-                           batch_time, settle)
+                           batch_time, settle, publish_interval)
     except StreamcascadeError as exc:
         raise click.ClickException(str(exc)) from None
     out.write_text(json.dumps(result, indent=2) + "\n")
