@@ -143,8 +143,8 @@ class Learner:
                 # Capturing the state copies arrays and holds the GIL (about 8 ms for a warm
                 # HateSpeech cascade), so it runs here, between two batches, and sees a
                 # consistent cascade. In a thread it fought the loop and Faust's consumer
-                # thread for the GIL, took 60 ms or more, and the answers of that window
-                # waited (bench kafka). Compressing and signing release the GIL: a thread.
+                # thread for the GIL, took 58-62 ms, and the answers of that window waited
+                # (bench kafka). Compressing and signing release the GIL: a thread.
                 await asyncio.sleep(0)  # a turn of the loop between learning and capturing
                 state = self.cascade.state_bytes(compress=False)
                 blob = await asyncio.to_thread(self._seal, version, state, meta)

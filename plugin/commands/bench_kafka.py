@@ -272,8 +272,6 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
               batch_time: float = DEFAULT_BATCH_TIME_S, settle: float = 0.5,
               publish_interval: float = DEFAULT_PUBLISH_INTERVAL_S,
               repeats: int = 3) -> dict[str, Any]:
-    import numpy as np
-
     from streamcascade.demo import DATA
     from streamcascade.models.datasets import read_stream
 
@@ -327,8 +325,8 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
             pairs.append(pair)
         result["throughput_pairs"] = pairs
         for mode in ("passthrough", "operator"):
-            result[f"{mode}_events_per_s"] = float(np.median([p[mode] for p in pairs]))
-        result["throughput_ratio"] = float(np.median([p["ratio"] for p in pairs]))
+            result[f"{mode}_events_per_s"] = _percentile([p[mode] for p in pairs], 50)
+        result["throughput_ratio"] = _percentile([p["ratio"] for p in pairs], 50)
         result["operator_stage1_share"] = stage1_outputs / max(outputs, 1)
 
         stage1: list[float] = []
