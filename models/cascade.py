@@ -357,8 +357,8 @@ class Cascade:
         for j, (policy, referee) in enumerate(zip(self.policies, self.referees, strict=True)):
             policy.load_arrays({key: arrays[f"policy{j}_{key}"] for key in policy.arrays()},
                                meta["policy_updates"][j])
-            referee.load_arrays({key: arrays[f"referee{j}_{key}"] for key in referee.arrays()},
-                                meta["referee_updates"][j])
+            referee.load_arrays({key: arrays[f"referee{j}_{key}"] for key in referee.arrays()
+                                 if f"referee{j}_{key}" in arrays}, meta["referee_updates"][j])
         self.controller.load(meta["controller"], {
             "window_x": arrays["controller_window_x"],
             "window_pos": arrays["controller_window_pos"]})

@@ -20,12 +20,12 @@ Events are ranked by their expected loss against the LLM if the stage answers,
 stage disagrees with the LLM (scaled by the realised-over-predicted ratio of audited early
 answers, so an over-confident policy is corrected by what the audit sees), ``q`` the referee's
 probability that the stage is the one that is right when they disagree, given the class it said
-(learned from ground truth, see :mod:`.referee`; near 0, the cautious side, without it), and the
-``w`` how many metric points one error costs on
-an event of the stage's predicted class or of another (1 for accuracy; for the F1 of a class they
-follow from the counts of true and false positives, see :meth:`error_weights`). Without ground
-truth ``e`` bounds the disagreement with the LLM; with it, ``e`` can be negative where the stage is
-likelier right than the LLM.
+and how sure it was (learned from ground truth, see :mod:`.referee`; near 0, the cautious side,
+without it), and the ``w`` how many metric points one error costs on an event of the stage's
+predicted class or of another (1 for accuracy; for the F1 of a class they follow from the counts
+of true and false positives, see :meth:`error_weights`). Without ground truth ``e`` bounds the
+disagreement with the LLM; with it, ``e`` can be negative where the stage is likelier right than
+the LLM.
 
 The window holds the policies' *inputs* for recent events and re-scores them with the current
 policies at each solve, so the thresholds follow the stream (a stage that improves answers more)
@@ -166,7 +166,7 @@ class OperatingPointController:
         if self.mode == "mu":
             return d
         said = policy.predicted_class(features)
-        q = self.referees[j].stage_right_proba(said)
+        q = self.referees[j].stage_right_proba(said, policy.top_proba(features))
         w_pos, w_neg = self.error_weights()
         if self.positive is None:
             w_same = w_other = np.full(len(d), w_pos)

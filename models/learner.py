@@ -148,7 +148,8 @@ class ImitationLearner:
             # The referee: where they disagree and the truth is known, who was right?
             judge = truth & (llm_label >= 0) & (said != llm_label)
             if judge.any():
-                referee.learn(said[judge], said[judge] == labels[judge], weights[judge])
+                referee.learn(said[judge], said[judge] == labels[judge], weights[judge],
+                              top=proba[judge].max(axis=1))
         for i, ((demo, _), record) in enumerate(zip(used, recs, strict=True)):
             if record is None:
                 continue

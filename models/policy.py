@@ -99,6 +99,10 @@ class DeferralPolicy:
         """The stage's predicted class, read back from inputs made by :meth:`features`."""
         return np.asarray(features[..., 7:7 + self.n_classes].argmax(axis=-1))
 
+    def top_proba(self, features: np.ndarray) -> np.ndarray:
+        """The stage's top class probability, read back from inputs made by :meth:`features`."""
+        return np.asarray(features[..., 1])
+
     def defer_proba_of(self, features: np.ndarray) -> np.ndarray:
         """P(defer) from inputs already made by :meth:`features`."""
         z = np.asarray(features, dtype=np.float64) @ self.mean_weights

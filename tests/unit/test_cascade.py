@@ -16,6 +16,7 @@ from streamcascade.models.datasets import StreamRow, read_stream
 from streamcascade.models.llm.recorded import RecordedLLM
 from streamcascade.models.replay import replay
 from streamcascade.models.stages.river_text import RiverTextStage
+from streamcascade.models.state import pack_state, unpack_state
 from streamcascade.models.tasks import TASKS
 from streamcascade.models.types import SOURCE_AUDIT, SOURCE_LLM, Demonstration, Event
 
@@ -91,6 +92,24 @@ def test_state_round_trips_with_identical_decisions(
     assert [(d.label, d.stage, d.path, d.confidence) for d in a] == [
         (d.label, d.stage, d.path, d.confidence) for d in b]
     assert np.array_equal(first.controller.thresholds, second.controller.thresholds)
+
+
+def test_a_state_from_before_the_referee_bins_loads(
+        stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    """States already on a state topic, written before the referee kept confidence bins, still
+    load: the bins start empty."""
+    llm, rows = stream
+    first = build_cascade(TASK, llm, CascadeConfig())
+    replay(rows[:300], TASK, first, progress=False, feedback="both")
+    meta, arrays = unpack_state(first.state_bytes())
+    assert first.referees[0].judged_bins.sum() > 0
+    old = {k: v for k, v in arrays.items() if not k.endswith("_bins")}
+    assert len(old) == len(arrays) - 2
+    second = build_cascade(TASK, llm, CascadeConfig())
+    second.load_state(pack_state(meta, old))
+    assert second.version == first.version
+    assert np.array_equal(second.referees[0].judged, first.referees[0].judged)
+    assert second.referees[0].judged_bins.sum() == 0
 
 
 def test_corrupt_or_foreign_state_is_refused(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:

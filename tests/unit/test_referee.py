@@ -39,11 +39,13 @@ def test_without_evidence_the_llm_is_trusted() -> None:
 
 def test_state_round_trips_and_bad_counts_are_refused() -> None:
     referee = Referee(n_classes=2)
-    referee.learn(np.array([0, 0, 1]), np.array([True, False, False]), np.array([1.0, 2.0, 1.0]))
+    referee.learn(np.array([0, 0, 1]), np.array([True, False, False]), np.array([1.0, 2.0, 1.0]),
+                  top=np.array([0.99, 0.6, 0.8]))
     copy = Referee(n_classes=2)
     copy.load_arrays({k: v.copy() for k, v in referee.arrays().items()}, referee.n_updates)
-    probe = np.array([0, 1])
-    assert copy.stage_right_proba(probe).tolist() == referee.stage_right_proba(probe).tolist()
+    probe = np.array([0, 0, 1]), np.array([0.99, 0.6, 0.8])
+    assert copy.stage_right_proba(*probe).tolist() == referee.stage_right_proba(*probe).tolist()
+    assert len(set(copy.stage_right_proba(*probe).tolist())) == 3
     with pytest.raises(ValueError, match="shape"):
         copy.load_arrays({"judged": np.zeros(3), "stage_won": np.zeros(3)}, 0)
     with pytest.raises(ValueError, match="inconsistent"):
@@ -63,3 +65,43 @@ def test_the_controller_credits_only_the_class_the_stage_wins() -> None:
     e = controller.scores(0, x)
     assert e[0] < 0.5 * d[0]  # 'no': the stage is right on ~4 in 5 of its disagreements
     assert e[1] == pytest.approx(d[1], rel=1e-6)  # 'yes': never right, so no credit
+
+
+def test_sure_answers_are_credited_more_than_unsure_ones() -> None:
+    """The HateSpeech pattern within a class: the stage wins few of its unsure disagreements
+    and most of its sure ones, and the referee tells them apart."""
+    rng = np.random.default_rng(2)
+    referee = Referee(n_classes=2)
+    top = np.repeat([0.6, 0.99], 1000)
+    right = np.concatenate([rng.random(1000) < 0.4, rng.random(1000) < 0.85])
+    order = rng.permutation(2000)
+    referee.learn(np.zeros(2000, dtype=int)[order], right[order], top=top[order])
+    unsure, sure = referee.stage_right_proba(np.array([0, 0]), np.array([0.6, 0.99]))
+    assert 0.33 < unsure < 0.47
+    assert 0.78 < sure < 0.9
+    # Without its confidence, an answer gets the class's single rate, between the two.
+    assert unsure < referee.stage_right_proba(np.array([0]))[0] < sure
+
+
+def test_a_bin_without_evidence_says_what_the_less_sure_answers_say() -> None:
+    referee = Referee(n_classes=3)
+    referee.learn(np.full(300, 2), np.arange(300) % 4 != 0, top=np.full(300, 0.75))
+    seen = referee.stage_right_proba(np.array([2]), np.array([0.75]))[0]
+    assert 0.7 < seen < 0.76
+    assert referee.stage_right_proba(np.array([2]), np.array([0.999]))[0] == pytest.approx(seen)
+    # Less sure than any evidence: the class's own, cautious, rate.
+    by_class = referee.stage_right_proba(np.array([2]))[0]
+    assert referee.stage_right_proba(np.array([2]), np.array([0.4]))[0] == pytest.approx(by_class)
+
+
+def test_a_state_written_before_the_bins_loads() -> None:
+    referee = Referee(n_classes=2)
+    referee.learn(np.array([0] * 50), np.array([True] * 40 + [False] * 10), top=np.full(50, 0.97))
+    old = {"judged": referee.judged.copy(), "stage_won": referee.stage_won.copy()}
+    copy = Referee(n_classes=2)
+    copy.load_arrays(old, referee.n_updates)
+    probe = np.array([0, 0]), np.array([0.6, 0.97])
+    assert copy.stage_right_proba(*probe).tolist() == [copy.stage_right_proba(probe[0])[0]] * 2
+    with pytest.raises(ValueError, match="inconsistent"):
+        copy.load_arrays({**old, "judged_bins": np.zeros((2, 5)),
+                          "stage_won_bins": np.ones((2, 5))}, 0)
