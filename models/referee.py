@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 #: Edges of the confidence bins, on the stage's top probability rescaled from chance (0) to
-#: certainty (1): for two classes, top probabilities 0.7, 0.85 and 0.95.
+#: certainty (1): for two classes, top probabilities 0.7, 0.85, 0.95 and 0.98.
 CONFIDENCE_EDGES = (0.4, 0.7, 0.9, 0.96)
 
 
