@@ -3,13 +3,16 @@
 Each micro-batch is answered before the next is seen, and learning uses only what the operator
 would have by then: the LLM's answers to the events it was asked about (``feedback="llm"``, the
 paper's setting), the ground-truth labels of the events already answered (``"ground_truth"``, as
-if they arrived on a feedback topic), or both. Ground truth always scores the run.
+if they arrived on a feedback topic), or both. A labelling team rarely labels every event:
+``truth_share`` is the share of events whose ground truth arrives. Ground truth always scores the
+run, every event of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +27,13 @@ from streamcascade.models.tasks import Task
 from streamcascade.models.types import SOURCE_GROUND_TRUTH, Decision, Demonstration, Event
 
 FEEDBACK_MODES = ("llm", "ground_truth", "both")
+
+
+def truth_arrives(event_id: str, truth_share: float) -> bool:
+    """Whether the ground truth of ``event_id`` reaches the cascade, when a labelling team labels
+    ``truth_share`` of the events: the same events in every run (a hash of the id, not a draw),
+    so a cascade and its baseline, or two points of a sweep, learn from the same labels."""
+    return truth_share >= 1.0 or zlib.crc32(event_id.encode()) < truth_share * 2**32
 
 
 def truth_of(rows: Sequence[StreamRow], task: Task) -> list[int]:
@@ -44,11 +54,14 @@ def llm_alone(rows: Sequence[StreamRow], llm: Any) -> list[int | None] | None:
 
 
 async def replay_async(rows: Sequence[StreamRow], task: Task, cascade: Cascade, *,
-                       feedback: str = "llm", batch_size: int = 1,
+                       feedback: str = "llm", truth_share: float = 1.0, batch_size: int = 1,
                        progress: bool | str = True) -> dict[str, Any]:
     """Run ``rows`` through ``cascade`` and return the replay's figures (without LLM-alone ones)."""
     if feedback not in FEEDBACK_MODES:
         raise ConfigurationError(f"feedback must be one of {FEEDBACK_MODES}, got {feedback!r}")
+    if not 0.0 <= truth_share <= 1.0:
+        raise ConfigurationError(f"the share of events with ground truth must be within 0..1, "
+                                 f"got {truth_share}")
     truth = truth_of(rows, task)
     decisions: list[Decision] = []
     bar = tqdm(total=len(rows), desc=progress if isinstance(progress, str) else "replay",
@@ -63,7 +76,7 @@ async def replay_async(rows: Sequence[StreamRow], task: Task, cascade: Cascade, 
         if feedback != "llm":
             cascade.take_demonstrations()
             demos += [Demonstration(e, truth[lo + i], SOURCE_GROUND_TRUTH)
-                      for i, e in enumerate(events)]
+                      for i, e in enumerate(events) if truth_arrives(e.id, truth_share)]
         cascade.learn(demos)
         bar.update(len(batch))
     bar.close()
@@ -141,15 +154,16 @@ def add_llm_alone(result: dict[str, Any], task: Task, llm_answers: Sequence[int 
 
 
 def sweep(rows: Sequence[StreamRow], task: Task, make: Callable[[dict[str, Any]], Cascade],
-          points: Sequence[dict[str, Any]], *, feedback: str, batch_size: int = 1,
-          progress: bool = True, label: str = "sweep") -> list[dict[str, Any]]:
+          points: Sequence[dict[str, Any]], *, feedback: str, truth_share: float = 1.0,
+          batch_size: int = 1, progress: bool = True,
+          label: str = "sweep") -> list[dict[str, Any]]:
     """One replay per operating point; ``make(point)`` builds a fresh cascade for each."""
     out = []
     for point in points:
         cascade = make(point)
         desc = f"{label} {point}" if progress else False
-        result = replay(rows, task, cascade, feedback=feedback, batch_size=batch_size,
-                        progress=desc)
+        result = replay(rows, task, cascade, feedback=feedback, truth_share=truth_share,
+                        batch_size=batch_size, progress=desc)
         result["point"] = point
         out.append(result)
     return out

@@ -72,6 +72,9 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
               "(1/K) to certainty.")
 @click.option("--feedback", type=click.Choice(rp.FEEDBACK_MODES), default="llm", show_default=True,
               help="Which labels teach the cascade: the LLM's answers, ground truth, or both.")
+@click.option("--truth-share", type=float, default=1.0, show_default=True,
+              help="Share of events whose ground truth arrives (with --feedback ground_truth or "
+              "both), as from a labelling team that labels a sample.")
 @click.option("--audit-rate", type=float, help="Share of early answers also sent to the LLM.")
 @click.option("--stage-cost", "stage_costs", multiple=True, metavar="NAME=PRICE",
               help="Price per event of a stage or of the LLM (default: paper units, parameters "
@@ -91,7 +94,7 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
            task_name: str, labels: str | None, stages: str, stage_option: tuple[str, ...],
            mu: float | None, target_llm_share: float | None, max_quality_loss: float | None,
            sweep: bool, sweep_losses: str, sweep_shares: str, sweep_confidence: str, feedback: str,
-           audit_rate: float | None, stage_costs: tuple[str, ...],
+           truth_share: float, audit_rate: float | None, stage_costs: tuple[str, ...],
            warmup: int | None, batch_size: int, baseline_threshold: float, seed: int,
            shuffle: bool, limit: int | None, json_out: Path, plot_out: Path | None) -> None:
     """Replay a labelled stream through the cascade and its static baseline; write JSON."""
@@ -102,7 +105,8 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
                 + [{"target_llm_share": v} for v in _floats(sweep_shares)],
                 _floats(sweep_confidence)) if sweep else None
         result = _run(dataset, llm_name, llm_url, llm_model, task_name, labels, stages, mu,
-                      target_llm_share, max_quality_loss, grid, feedback, audit_rate, warmup,
+                      target_llm_share, max_quality_loss, grid, feedback, truth_share,
+                      audit_rate, warmup,
                       batch_size, baseline_threshold, seed, shuffle, limit, plot_out,
                       _prices(stage_costs), parse_stage_options(stage_option))
     except StreamcascadeError as exc:
@@ -120,7 +124,7 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
          task_name: str, labels: str | None, stages: str, mu: float | None,
          target_llm_share: float | None, max_quality_loss: float | None,
          sweep: tuple[list[dict[str, float]], list[float]] | None, feedback: str,
-         audit_rate: float | None, warmup: int | None, batch_size: int,
+         truth_share: float, audit_rate: float | None, warmup: int | None, batch_size: int,
          baseline_threshold: float, seed: int, shuffle: bool, limit: int | None,
          plot_out: Path | None, prices: dict[str, float] | None = None,
          stage_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -150,14 +154,15 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
         return build_baseline(task, llm, _config(stages, seed, **common), point["threshold"],
                               **options)
 
-    main = _one(rows, task, build_cascade(task, llm, config, **options), feedback, batch_size,
-                "cascade")
+    main = _one(rows, task, build_cascade(task, llm, config, **options), feedback, truth_share,
+                batch_size, "cascade")
     rp.add_llm_alone(main, task, alone, truth)
-    base = _one(rows, task, baseline({"threshold": baseline_threshold}), feedback, batch_size,
-                f"baseline@{baseline_threshold}")
+    base = _one(rows, task, baseline({"threshold": baseline_threshold}), feedback, truth_share,
+                batch_size, f"baseline@{baseline_threshold}")
     rp.add_llm_alone(base, task, alone, truth)
     result: dict[str, Any] = {
         "dataset": str(dataset), "task": task.name, "llm": llm.name, "feedback": feedback,
+        "truth_share": truth_share if feedback != "llm" else None,
         "seed": seed, "shuffle": shuffle, "limit": limit, "batch_size": batch_size,
         "stage_options": options,
         "operating_point": dict(zip(("mode", "value"), config.operating_point(), strict=True)),
@@ -172,7 +177,7 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
                 ("learned", learned, learned_points),
                 ("baseline", baseline, [
                     {"threshold": round(1 / k + (1 - 1 / k) * q, 4)} for q in confidence])):
-            runs = rp.sweep(rows, task, make, points, feedback=feedback,
+            runs = rp.sweep(rows, task, make, points, feedback=feedback, truth_share=truth_share,
                             batch_size=batch_size, label=name)
             curves.append([_clean(rp.add_llm_alone(r, task, alone, truth)) for r in runs])
         learned_curve = [*curves[0], _clean(main) | {"point": {"default": True}}]
@@ -182,10 +187,13 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
             from streamcascade.report import plot_sweep
 
             order = "shuffled" if shuffle else "stream order"
+            sampled = feedback != "llm" and truth_share < 1
+            labels_of = f" ({truth_share:.0%} with ground truth)" if sampled else ""
             result["plot"] = str(plot_sweep(
                 plot_out, learned_curve, curves[1], llm_quality=main["llm_quality"],
                 metric=main["metric"], default_point=main,
-                title=f"{task.name}: {llm.name}, feedback {feedback}, {order}, seed {seed}"))
+                title=f"{task.name}: {llm.name}, feedback {feedback}{labels_of}, {order}, "
+                      f"seed {seed}"))
     return result
 
 
@@ -225,6 +233,7 @@ def _llm(task: Task, dataset: Path, llm_name: str | None, llm_url: str | None,
                     api_key=key.get_secret_value() if key else None)
 
 
-def _one(rows: list[Any], task: Task, cascade: Cascade, feedback: str, batch_size: int,
-         desc: str) -> dict[str, Any]:
-    return rp.replay(rows, task, cascade, feedback=feedback, batch_size=batch_size, progress=desc)
+def _one(rows: list[Any], task: Task, cascade: Cascade, feedback: str, truth_share: float,
+         batch_size: int, desc: str) -> dict[str, Any]:
+    return rp.replay(rows, task, cascade, feedback=feedback, truth_share=truth_share,
+                     batch_size=batch_size, progress=desc)

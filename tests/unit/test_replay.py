@@ -10,10 +10,11 @@ from cascade_streams import sentiment_stream, write_stream
 from click.testing import CliRunner, Result
 
 from streamcascade.cli import cli
+from streamcascade.errors import ConfigurationError
 from streamcascade.models.cascade import CascadeConfig, build_cascade
 from streamcascade.models.datasets import read_stream
 from streamcascade.models.llm.recorded import RecordedLLM
-from streamcascade.models.replay import dominance, replay
+from streamcascade.models.replay import dominance, replay, truth_arrives
 from streamcascade.models.stages.river_text import RiverTextStage
 from streamcascade.models.tasks import TASKS
 
@@ -56,6 +57,32 @@ def test_no_event_is_learned_before_it_is_answered(tmp_path: Path, feedback: str
         assert learned < len(rows)  # only events the LLM answered (or audited) teach
     else:
         assert learned >= len(rows)  # every event's label arrives after it is answered
+
+
+def test_a_sampled_labelling_team_teaches_only_its_sample(tmp_path: Path) -> None:
+    rows = sentiment_stream(400, seed=3)
+    path = write_stream(tmp_path / "imdb.jsonl", rows)
+    stream = read_stream(path)
+
+    def learned_texts(feedback: str, truth_share: float) -> list[str]:
+        log: list[tuple[str, str]] = []
+        from streamcascade.models.cascade import Cascade
+
+        cascade = Cascade(TASK, [SpyStage(log)], RecordedLLM(path, "oracle", TASK),
+                          CascadeConfig())
+        replay(stream, TASK, cascade, feedback=feedback, truth_share=truth_share,
+               progress=False)
+        return [text for kind, text in log if kind == "learn"]
+
+    sample = learned_texts("ground_truth", 0.3)
+    assert 0.2 * len(rows) < len(sample) < 0.4 * len(rows)
+    assert sample == learned_texts("ground_truth", 0.3)  # the same events every run
+    expected = [r.text for r in stream if truth_arrives(r.id, 0.3)]
+    assert sample == expected
+    # No ground truth at all: exactly the LLM-only replay.
+    assert learned_texts("both", 0.0) == learned_texts("llm", 1.0)
+    with pytest.raises(ConfigurationError, match="ground truth must be within"):
+        learned_texts("both", 1.5)
 
 
 def test_scores_against_ground_truth(tmp_path: Path) -> None:
@@ -149,3 +176,11 @@ def test_cli_passes_stage_options(tmp_path: Path) -> None:
     assert data["stages"]["river"]["cost_per_event"] == pytest.approx(130 / 110e6)
     bad, _ = _replay_small_stream(tmp_path, "--stage-option", "river.nope=1")
     assert bad.exit_code != 0 and "nope" in bad.output
+
+
+def test_cli_records_the_share_of_events_with_ground_truth(tmp_path: Path) -> None:
+    result, out = _replay_small_stream(tmp_path, "--feedback", "both", "--truth-share", "0.5")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["truth_share"] == 0.5
+    bad, _ = _replay_small_stream(tmp_path, "--feedback", "both", "--truth-share", "2")
+    assert bad.exit_code != 0 and "within 0..1" in bad.output
