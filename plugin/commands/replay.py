@@ -72,7 +72,7 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
               "(1/K) to certainty.")
 @click.option("--feedback", type=click.Choice(rp.FEEDBACK_MODES), default="llm", show_default=True,
               help="Which labels teach the cascade: the LLM's answers, ground truth, or both.")
-@click.option("--truth-share", type=float, default=1.0, show_default=True,
+@click.option("--truth-share", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="Share of events whose ground truth arrives (with --feedback ground_truth or "
               "both), as from a labelling team that labels a sample.")
 @click.option("--audit-rate", type=float, help="Share of early answers also sent to the LLM.")
@@ -106,9 +106,8 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
                 _floats(sweep_confidence)) if sweep else None
         result = _run(dataset, llm_name, llm_url, llm_model, task_name, labels, stages, mu,
                       target_llm_share, max_quality_loss, grid, feedback, truth_share,
-                      audit_rate, warmup,
-                      batch_size, baseline_threshold, seed, shuffle, limit, plot_out,
-                      _prices(stage_costs), parse_stage_options(stage_option))
+                      audit_rate, warmup, batch_size, baseline_threshold, seed, shuffle, limit,
+                      plot_out, _prices(stage_costs), parse_stage_options(stage_option))
     except StreamcascadeError as exc:
         raise click.ClickException(str(exc)) from None
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -188,11 +187,11 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
 
             order = "shuffled" if shuffle else "stream order"
             sampled = feedback != "llm" and truth_share < 1
-            labels_of = f" ({truth_share:.0%} with ground truth)" if sampled else ""
+            truth_note = f" ({truth_share:.0%} with ground truth)" if sampled else ""
             result["plot"] = str(plot_sweep(
                 plot_out, learned_curve, curves[1], llm_quality=main["llm_quality"],
                 metric=main["metric"], default_point=main,
-                title=f"{task.name}: {llm.name}, feedback {feedback}{labels_of}, {order}, "
+                title=f"{task.name}: {llm.name}, feedback {feedback}{truth_note}, {order}, "
                       f"seed {seed}"))
     return result
 
