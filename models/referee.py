@@ -68,6 +68,9 @@ class Referee:
         self.judged_bins = np.zeros((self.n_classes, n_bins), dtype=np.float64)
         self.stage_won_bins = np.zeros((self.n_classes, n_bins), dtype=np.float64)
         self.n_updates = 0
+        # The bins' estimates, derived from the counts: asked for on every answered batch, they
+        # change only when the counts do, so they are computed once per change.
+        self._bin_rates: np.ndarray | None = None
 
     def _bins(self, top: np.ndarray) -> np.ndarray:
         chance = 1.0 / self.n_classes
@@ -82,6 +85,11 @@ class Referee:
         by_class = self.stage_won[predicted] / (self.judged[predicted] + self.prior)
         if top is None:
             return np.asarray(by_class)
+        if self._bin_rates is None:
+            self._bin_rates = self._rates_by_bin()
+        return np.asarray(self._bin_rates[predicted, self._bins(top)])
+
+    def _rates_by_bin(self) -> np.ndarray:
         # Bin by bin from the least sure, each shrunk toward the one below it (the class's rate
         # for the first): a surer answer is at least as often right, so a bin with little
         # evidence is credited like the less sure answers below it.
@@ -91,7 +99,7 @@ class Referee:
             below = (self.stage_won_bins[:, b] + self.bin_prior * below) / (
                 self.judged_bins[:, b] + self.bin_prior)
             rates[:, b] = below
-        return np.asarray(rates[predicted, self._bins(top)])
+        return rates
 
     def learn(self, predicted: np.ndarray, stage_right: np.ndarray,
               sample_weight: np.ndarray | None = None, top: np.ndarray | None = None) -> None:
@@ -102,6 +110,7 @@ class Referee:
         weight = np.ones(len(predicted)) if sample_weight is None else np.asarray(sample_weight,
                                                                                  float)
         bins = None if top is None else self._bins(top).tolist()
+        self._bin_rates = None
         for i, (cls, won, w) in enumerate(zip(predicted.tolist(), right.tolist(),
                                               weight.tolist(), strict=True)):
             self.judged[cls] = self.decay * self.judged[cls] + w
@@ -135,3 +144,4 @@ class Referee:
         for key, array in loaded.items():
             setattr(self, key, array.astype(np.float64))
         self.n_updates = int(n_updates)
+        self._bin_rates = None

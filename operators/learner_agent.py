@@ -109,8 +109,6 @@ class Learner:
         return learned
 
     def _learn_now(self, demos: Sequence[Demonstration]) -> int:
-        if not demos:
-            return 0
         try:
             self.cascade.learn(demos)
         except Exception:  # a bug in a stage must not stop serving; say so loudly

@@ -105,3 +105,15 @@ def test_a_state_written_before_the_bins_loads() -> None:
     with pytest.raises(ValueError, match="inconsistent"):
         copy.load_arrays({**old, "judged_bins": np.zeros((2, 5)),
                           "stage_won_bins": np.ones((2, 5))}, 0)
+
+
+def test_estimates_follow_new_evidence_and_loaded_counts() -> None:
+    """The bins' estimates are derived once per change of the counts; a change is never missed."""
+    referee = Referee(n_classes=2)
+    probe = np.array([0]), np.array([0.99])
+    assert referee.stage_right_proba(*probe)[0] == 0.0
+    referee.learn(np.zeros(100, dtype=int), np.ones(100, dtype=bool), top=np.full(100, 0.99))
+    learned = referee.stage_right_proba(*probe)[0]
+    assert learned > 0.8
+    referee.load_arrays(Referee(n_classes=2).arrays(), 0)
+    assert referee.stage_right_proba(*probe)[0] == 0.0
