@@ -197,6 +197,8 @@ class Cascade:
         paths: list[list[str]] = [[] for _ in range(n)]
         positive_share: np.ndarray | None = None
         warming = self.learner.warming_up
+        # The model that routes this batch; learning may go on while the LLM is awaited.
+        version = self.version
         explore = self.learner.exploration_rate if self._explores() else 0.0
         remaining = np.arange(n)
         upstream: np.ndarray | None = None  # the previous stage's probabilities, all events
@@ -235,7 +237,8 @@ class Cascade:
         if on_early is not None:
             final = np.setdiff1d(early_idx, audited)
             decided = {i: self._decision(events[i], int(labels[i]), int(exit_at[i]),
-                                         float(confidence[i]), float(cost[i]), paths[i], None)
+                                         float(confidence[i]), float(cost[i]), paths[i], None,
+                                         version)
                        for i in final.tolist()}
             if decided:
                 on_early(list(decided.values()))
@@ -270,21 +273,23 @@ class Cascade:
             self._remember(event.id, AnswerRecord(
                 probas[i], j, float(p_wrong[i, j]) if j < s else float("nan"), llm_labels[i],
                 int(labels[i]) if labels[i] >= 0 else None, bool(was_audited[i])))
-        # An audited event was answered by the LLM; its record keeps the stage it would have left.
-        answered_by = np.where(was_audited & (labels >= 0), s, exit_at)
+        # An audited event the LLM answered is the LLM's answer (where the call failed, the
+        # stage's stands); its record keeps the stage it would have left.
+        llm_answered = np.array([label is not None for label in llm_labels])
+        answered_by = np.where(was_audited & llm_answered, s, exit_at)
         return [decided[i] if i in decided else
                 self._decision(events[i], int(labels[i]), int(answered_by[i]),
-                               float(confidence[i]), float(cost[i]), paths[i], errors[i])
+                               float(confidence[i]), float(cost[i]), paths[i], errors[i], version)
                 for i in range(n)]
 
     def _decision(self, event: Event, label: int, stage_index: int, confidence: float,
-                  cost: float, path: list[str], error: str | None) -> Decision:
+                  cost: float, path: list[str], error: str | None, version: int) -> Decision:
         stage = self.stages[stage_index].name if stage_index < len(self.stages) else self.llm.name
         known = label >= 0
         return Decision(event_id=event.id, label=self.task.labels.name(label) if known else None,
                         label_index=label if known else None, stage=stage,
                         stage_index=stage_index, confidence=confidence, cost=cost, path=path,
-                        model_version=self.version, error=error)
+                        model_version=version, error=error)
 
     def _remember(self, event_id: str, record: AnswerRecord) -> None:
         self._records[event_id] = record

@@ -92,9 +92,12 @@ class OperatingPointController:
         # Exponentially decayed evidence from expert labels (see the observe_* methods).
         self.counts = dict.fromkeys(_COUNTS, 0.0)
         if mode == "mu":
-            self.thresholds = np.minimum(1.0, self.value * np.asarray(self.next_costs, float))
+            self.thresholds = self._mu_thresholds()
         else:
             self.thresholds = np.full(n_stages, _DEFER_ALL)  # until there is evidence
+
+    def _mu_thresholds(self) -> np.ndarray:
+        return np.minimum(1.0, self.value * np.asarray(self.next_costs, float))
 
     # -- observations -----------------------------------------------------------------------------
 
@@ -229,7 +232,7 @@ class OperatingPointController:
 
     def meta(self) -> dict[str, Any]:
         return {"cursor": self._cursor, "filled": self._filled, "since": self._since_solve,
-                "counts": dict(self.counts),
+                "counts": dict(self.counts), "mode": self.mode, "value": self.value,
                 "thresholds": [float(t) for t in self.thresholds]}
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -239,8 +242,23 @@ class OperatingPointController:
         x, pos = arrays["window_x"], arrays["window_pos"]
         if x.shape != self._x.shape or pos.shape != self._pos.shape:
             raise ValueError("controller window has another shape")
+        cursor, filled, since = int(meta["cursor"]), int(meta["filled"]), int(meta["since"])
+        if not (0 <= cursor < self.window and 0 <= filled <= self.window and since >= 0):
+            raise ValueError(f"controller window position {cursor}/{filled} (since {since}) "
+                             f"does not fit a window of {self.window}")
+        counts = {key: float(meta["counts"][key]) for key in _COUNTS}
+        if not all(np.isfinite(v) and v >= 0 for v in counts.values()):
+            raise ValueError("controller counts must be finite and not negative")
         self._x, self._pos = x.astype(np.float32), pos.astype(np.float64)
-        self._cursor, self._filled = int(meta["cursor"]), int(meta["filled"])
-        self._since_solve = int(meta["since"])
-        self.counts = {key: float(meta["counts"][key]) for key in _COUNTS}
-        self.thresholds = np.asarray(meta["thresholds"], dtype=np.float64).reshape(self.n_stages)
+        self._cursor, self._filled, self._since_solve = cursor, filled, since
+        self.counts = counts
+        # The thresholds serve the operating point they were solved for. A worker restarted with
+        # another one (or a state from before the point was recorded) must not keep them: ``mu``
+        # is fixed by its value, the others are solved again over the loaded window.
+        if self.mode == "mu":
+            self.thresholds = self._mu_thresholds()
+        elif (meta.get("mode"), meta.get("value")) == (self.mode, self.value):
+            self.thresholds = np.asarray(meta["thresholds"],
+                                         dtype=np.float64).reshape(self.n_stages)
+        else:
+            self.thresholds = self._solve()

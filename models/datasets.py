@@ -73,7 +73,9 @@ def _parse_row(line: str, path: Path, line_no: int) -> StreamRow:
     llm = obj.get("llm") or {}
     if not isinstance(llm, dict):
         raise ConfigurationError(f"{where}: 'llm' must be an object of model name to answer")
-    return StreamRow(str(obj["id"]), obj["text"], label, {str(k): str(v) for k, v in llm.items()})
+    # A null answer is no recorded answer (not the text "None", which reads as a label).
+    answers = {str(k): str(v) for k, v in llm.items() if v is not None}
+    return StreamRow(str(obj["id"]), obj["text"], label, answers)
 
 
 def stream_task_name(path: Path | str) -> str:

@@ -110,10 +110,6 @@ class ImitationLearner:
         texts = [d.event.text for d, _ in used]
         labels = np.array([d.label for d, _ in used], dtype=np.int64)
         lengths = np.array([len(t) for t in texts], dtype=np.float64)
-        weights = np.array([
-            w * (min(1.0 / max(self.audit_rate, 1e-9), self.max_importance)
-                 if d.source == SOURCE_AUDIT else 1.0)
-            for d, w in used])
         n_stages = len(self.stages)
         recs = [records.get(d.event.id) for d, _ in used]
         from_llm = np.array([d.source in (SOURCE_LLM, SOURCE_AUDIT) for d, _ in used])
@@ -127,8 +123,16 @@ class ImitationLearner:
         # Each event teaches the policies once, whichever of its labels arrives first.
         imitate = (llm_label >= 0) & np.array([r is None or not r.imitated for r in recs])
         imitate &= from_llm | np.array([r is not None for r in recs])
+        # ... and once within this batch too, where its LLM answer and its ground truth meet.
+        seen: set[str] = set()
+        for i, (demo, _) in enumerate(used):
+            if imitate[i]:
+                imitate[i] = demo.event.id not in seen
+                seen.add(demo.event.id)
         audited = np.array([d.source == SOURCE_AUDIT or (r is not None and r.audited)
                             for (d, _), r in zip(used, recs, strict=True)])
+        # Every label of an audited event stands for the rare early answers (its ground truth
+        # too: the referee's evidence on sure answers comes from audits).
         boost = min(1.0 / max(self.audit_rate, 1e-9), self.max_importance)
         weights = np.where(audited, boost, 1.0) * np.array([w for _, w in used])
         said_at: list[np.ndarray] = []

@@ -7,6 +7,7 @@ a fixed order; an integer string is a class id; anything else, and ``-1``, is no
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from streamcascade.models.types import LabelSet
@@ -40,7 +41,7 @@ class Task:
         True
         """
         text = raw.strip().lower()
-        if text.lstrip("-").isdigit():
+        if re.fullmatch(r"-?[0-9]+", text):
             index = int(text)
             return index if 0 <= index < len(self.labels) else None
         for i in self.search_order:

@@ -195,7 +195,7 @@ class RiverTextStage(Stage):
         sizes = np.array([len(i) for i, _ in feats])
         index = np.concatenate([i for i, _ in feats]) if feats else np.empty(0, np.int64)
         seen = np.bincount(np.repeat(np.arange(len(texts)), sizes),
-                           weights=self.doc_freq[index] > 0, minlength=len(texts))
+                           weights=self.touched[index], minlength=len(texts))
         return (seen / np.maximum(sizes, 1))[:, None]
 
     def token_buckets(self, text: str) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,79 @@ def test_later_stages_get_the_upstream_answers_as_given(
     assert not np.allclose(first.predict_proba([r.text for r in batch]), before)
     for i, row in enumerate(batch):
         np.testing.assert_allclose(spy.seen["learn"][row.text], before[i])
+
+
+def test_an_event_teaches_the_policy_once_when_its_labels_meet(
+        stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    """The LLM's answer and the ground truth of one event in one learning step: one lesson."""
+    llm, rows = stream
+    together, apart = (build_cascade(TASK, llm, CascadeConfig()) for _ in range(2))
+    for cascade, steps in ((together, 1), (apart, 2)):
+        asyncio.run(cascade.answer(events(rows[:20])))  # warming up: all deferred to the LLM
+        from_llm = cascade.take_demonstrations()
+        truth = [Demonstration(Event(r.id, r.text), TASK.labels.index(str(r.label)),
+                               "ground_truth") for r in rows[:20]]
+        for part in ([from_llm + truth] if steps == 1 else [from_llm, truth]):
+            cascade.learn(part)
+        assert cascade.policies[0].n_updates == 20
+    assert np.array_equal(together.policies[0].arrays()["mean_weights"],
+                          apart.policies[0].arrays()["mean_weights"])
+
+
+class FailingAudits(RecordedLLM):
+    """Recorded answers until told to fail: then every answer is a timeout."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "oracle", TASK)
+        self.fail = False
+
+    async def answer(self, batch):  # type: ignore[no-untyped-def]
+        answers = await super().answer(batch)
+        if not self.fail:
+            return answers
+        return [replace(a, label=None, error="timed out") for a in answers]
+
+
+def test_an_audit_the_llm_failed_is_the_stages_answer(tmp_path: Path) -> None:
+    path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(900, hard_share=0.1, seed=6))
+    llm = FailingAudits(path)
+    rows = read_stream(path)
+    cascade = build_cascade(TASK, llm, CascadeConfig(audit_rate=0.3))
+    replay(rows[:700], TASK, cascade, progress=False)
+    llm.fail = True
+    decisions = asyncio.run(cascade.answer(events(rows[700:])))
+    audited = [d for d in decisions if d.path[-1] == "oracle:audit"]
+    assert audited
+    for d in audited:  # the stage's answer stands, and says so
+        assert d.stage == "river" and d.stage_index == 0 and d.label_index is not None
+
+
+def test_a_restart_serves_the_configured_operating_point(
+        stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    """A worker restarted with another operating point loads the learned state, not the old
+    point's thresholds."""
+    llm, rows = stream
+    old = build_cascade(TASK, llm, CascadeConfig(mu=1e-4))
+    replay(rows[:400], TASK, old, progress=False)
+    data = old.state_bytes()
+    for config in (CascadeConfig(mu=1e-2), CascadeConfig(max_quality_loss=0.01)):
+        new = build_cascade(TASK, llm, config)
+        new.load_state(data)
+        fresh_solve = new.controller._solve()
+        expected = [1.0] if config.mu else fresh_solve.tolist()
+        assert new.controller.thresholds.tolist() == pytest.approx(expected)
+        assert new.controller.thresholds.tolist() != pytest.approx(
+            old.controller.thresholds.tolist())
+
+
+def test_a_controller_window_out_of_range_is_refused(
+        stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    donor = build_cascade(TASK, llm, CascadeConfig())
+    replay(rows[:200], TASK, donor, progress=False)
+    meta, arrays = unpack_state(donor.state_bytes())
+    meta["controller"]["cursor"] = 5000
+    target = build_cascade(TASK, llm, CascadeConfig())
+    with pytest.raises(ModelStateError, match="window position"):
+        target.load_state(pack_state(meta, arrays))
+    asyncio.run(target.answer(events(rows[200:210])))  # still serves

@@ -79,6 +79,17 @@ def test_unparsable_and_missing_answers_are_no_answers(tmp_path: Path) -> None:
     assert missing.label is None and "no recorded answer" in str(missing.error)
 
 
+def test_a_null_recorded_answer_is_no_answer(tmp_path: Path) -> None:
+    """JSON null is not the text "None" (which the hate-speech words would read as "no")."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": 0, "text": "t", "label": "noHate", "llm": {"m": null}}\n'
+                    '{"id": 1, "text": "u", "label": "noHate", "llm": {"m": "no"}}\n')
+    llm = RecordedLLM(path, "m", TASKS["hatespeech"])
+    null, answered = asyncio.run(llm.answer([Event("0", "t"), Event("1", "u")]))
+    assert null.label is None and "no recorded answer" in str(null.error)
+    assert answered.label == 0
+
+
 def test_factory_and_errors(tmp_path: Path) -> None:
     path = write_stream(tmp_path / "s.jsonl", sentiment_stream(3))
     llm = make_llm(TASKS["imdb"], recorded="oracle", records_path=path)

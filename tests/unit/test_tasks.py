@@ -13,6 +13,7 @@ from streamcascade.models.types import LabelSet
     ("yes and no", 0),  # "no" is searched first, as the paper's code does
     ("I know it", 0),  # ... by substring, so "know" reads as "no" there too
     ("1", 1), ("0", 0), ("-1", None), ("2", None), ("maybe", None), ("", None),
+    ("--1", None), ("\u00b2", None), ("1\u00b2", None),  # not integers, though str.isdigit
 ])
 def test_hatespeech(raw: str, expected: int | None) -> None:
     assert TASKS["hatespeech"].parse_answer(raw) == expected
