@@ -7,7 +7,16 @@ dashboard can count them and a person can replay a topic's dead letters of one k
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+#: The dead-letter topic's largest record (its ``max.message.bytes``, and at most what the
+#: operator's producer sends). A dead letter carries its original in base64, 4/3 of its size, so
+#: originals of up to about 12 MiB fit whole: above the 1 MB a broker takes by default, so a
+#: record that was too big to use still has room in its dead letter.
+MAX_BYTES = 16 * 1024 * 1024
+#: Room in a dead letter for all but the original (key, reason, detail, position).
+_ROOM = 256 * 1024
 
 #: The record is not JSON, or not a JSON object.
 MALFORMED_JSON = "malformed_json"
@@ -56,3 +65,14 @@ class DeadLetter:
     position: SourcePosition
     detail: str = ""
     key: bytes | None = None
+
+
+def keepable(raw: bytes) -> tuple[bytes, str]:
+    """What of ``raw`` a dead letter can carry, and a note for its detail when it had to be cut
+    (a dead letter the broker refused would stop the stream; this one says what is missing)."""
+    limit = (MAX_BYTES - _ROOM) // 4 * 3
+    if len(raw) <= limit:
+        return raw, ""
+    digest = hashlib.sha256(raw).hexdigest()
+    return raw[:limit], (f"; the original's {len(raw)} bytes are cut to the first {limit} "
+                         f"(sha256 of the whole {digest})")

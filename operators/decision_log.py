@@ -69,6 +69,9 @@ class Match:
     stage: str
     #: Seconds from the event's answer to the feedback's arrival (negative: feedback came first).
     lag_s: float
+    #: The waiting feedback's token (see :class:`PendingFeedback`) when the feedback came first:
+    #: the caller acks it once the pair is written.
+    token: Any = None
 
 
 class DecisionLog:
@@ -112,7 +115,8 @@ class DecisionLog:
         return len(self._pending)
 
     def record(self, event: Event, predicted: int | None, stage: str) -> list[Match]:
-        """Log an answered event; return the feedback that was waiting for it, joined."""
+        """Log an event (``predicted`` is ``None`` where it got no answer); return the feedback
+        that was waiting for it, joined."""
         now = self.clock()
         self._events.pop(event.id, None)
         self._events[event.id] = LoggedEvent(event, predicted, stage, now)
@@ -125,7 +129,7 @@ class DecisionLog:
         for key in keys:
             waiting = self._pending.pop(key)
             lag = waiting.arrived_at - now
-            matches.append(Match(event, waiting.feedback, predicted, stage, lag))
+            matches.append(Match(event, waiting.feedback, predicted, stage, lag, waiting.token))
         return matches
 
     def add_feedback(

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
 import warnings
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamcascade.errors import ConfigurationError
+from streamcascade.operators import dead_letters as dl
+from streamcascade.operators.acks import OffsetOrderAcks
 from streamcascade.operators.batching import DEFAULT_BATCH_TIME_S, micro_batches
 from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.dead_letters import SourcePosition
@@ -160,15 +163,16 @@ class PipelinedWriter:
     Batches are pipelined: while the broker acknowledges one batch, the agent answers the next.
     A batch's early answers are written while the LLM answers the rest of it
     (:meth:`write_early`).
-    A batch's records are acked only when every output and dead letter of it is written (Faust
-    commits only contiguous acked offsets, so the order in which batches complete does not
-    matter). At most ``max_in_flight`` batches wait; a failed write crashes the app, leaving its
-    records un-acked, to be read again.
+    A batch's records are done only when every output and dead letter of it is written, and
+    acked in offset order (:mod:`.acks`), so a batch that completes early waits for the ones
+    before it. At most ``max_in_flight`` batches wait; a failed write crashes the app, leaving
+    its records un-acked, to be read again.
     """
 
-    def __init__(self, app: Any, stream: Any, send: Sender, max_in_flight: int = 4) -> None:
+    def __init__(self, app: Any, acks: OffsetOrderAcks, send: Sender,
+                 max_in_flight: int = 4) -> None:
         self.app = app
-        self.stream = stream
+        self.acks = acks
         self.send = send
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: set[asyncio.Future[None]] = set()  # referenced until done
@@ -183,16 +187,20 @@ class PipelinedWriter:
     async def _deliver(self, records: list[Outgoing]) -> Any:
         return await asyncio.gather(*[await self.send(r) for r in records])
 
-    async def write_then_ack(self, outgoing: Sequence[Outgoing], events: Sequence[Any]) -> None:
+    async def write_then_ack(self, outgoing: Sequence[Outgoing], events: Sequence[Any],
+                             then: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Write the batch's records, then ack ``events`` and run ``then`` (in the background)."""
+        self.acks.track(events)  # batches come in the order read
         await self._slots.acquire()
         deliveries: list[Awaitable[Any]] = list(self._early)
         self._early = []
         deliveries += [await self.send(record) for record in outgoing]
-        task = asyncio.ensure_future(self._ack_when_written(deliveries, list(events)))
+        task = asyncio.ensure_future(self._ack_when_written(deliveries, list(events), then))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _ack_when_written(self, deliveries: list[Awaitable[Any]], events: list[Any]) -> None:
+    async def _ack_when_written(self, deliveries: list[Awaitable[Any]], events: list[Any],
+                                then: Callable[[], Awaitable[None]] | None) -> None:
         try:
             if deliveries:
                 await asyncio.gather(*deliveries)
@@ -202,8 +210,9 @@ class PipelinedWriter:
             return
         finally:
             self._slots.release()
-        for event in events:
-            await self.stream.ack(event)
+        await self.acks.done(events)
+        if then is not None:
+            await then()
 
 
 async def probe_loop_lag(metrics: OperatorMetrics, interval_s: float = 0.05) -> None:
@@ -261,19 +270,22 @@ def install(
 
     sinks: dict[str, Any] = {"output": raw_topic(app, topics.sink)}
     if topics.dlq:
-        sinks["dlq"] = raw_topic(app, topics.dlq)
+        sinks["dlq"] = raw_topic(app, topics.dlq,
+                                 config={"max.message.bytes": str(dl.MAX_BYTES)})
     if topics.feedback:
         sinks["feedback"] = raw_topic(app, topics.feedback)
     sinks["demonstrations"] = raw_topic(app, demonstrations, partitions=1, internal=True)
+    # A snapshot is one record of a few MB, a dead letter up to dl.MAX_BYTES: let the producer
+    # send them. It reads this when the app starts, so setting it now is in time; Faust warns
+    # only because the comparison below reads the value.
+    largest = max(options.state_max_bytes if topics.state else 0,
+                  dl.MAX_BYTES if topics.dlq else 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if app.conf.producer_max_request_size < largest:
+            app.conf.producer_max_request_size = largest
     state_topic = None
     if topics.state:
-        # A snapshot is one record of a few MB: let the producer send it.
-        # The producer reads this when the app starts, so setting it now is in time; Faust warns
-        # only because the comparison above it read the value.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if app.conf.producer_max_request_size < options.state_max_bytes:
-                app.conf.producer_max_request_size = options.state_max_bytes
         state_topic = raw_topic(
             app, topics.state, partitions=1, internal=True, compacting=True,
             config={"max.message.bytes": str(options.state_max_bytes)},
@@ -349,29 +361,35 @@ def install(
     app.on_before_shutdown.connect(stop_watcher)
     prefix = f"streamcascade-{topics.source}"
 
+    feedback_acks: list[OffsetOrderAcks] = []  # the feedback agent's, once it runs
+
     async def operator_agent(stream: Any) -> None:
         await ready.wait()
-        writer = PipelinedWriter(app, stream, send, options.max_in_flight_batches)
+        writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack), send,
+                                 options.max_in_flight_batches)
         async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
             outgoing = await operator.handle_events([record_of(e) for e in events],
                                                     writer.write_early)
-            await writer.write_then_ack(outgoing, events)
+            # Feedback that waited for these events is done once their demonstrations are
+            # written (it exists only where the feedback agent runs).
+            joined = operator.take_joined_feedback()
+            then = functools.partial(feedback_acks[0].done, joined) if joined else None
+            await writer.write_then_ack(outgoing, events, then)
 
     handle.agents["operator"] = app.agent(
         raw_topic(app, topics.source), name=f"{prefix}-operator"
     )(operator_agent)
 
     if topics.feedback:
-        feedback_streams: list[Any] = []
-
         async def feedback_agent(stream: Any) -> None:
             await ready.wait()
-            feedback_streams.append(stream)
+            acks = OffsetOrderAcks(stream.ack)
+            feedback_acks.append(acks)
             async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
+                acks.track(events)
                 result = operator.handle_feedback([record_of(e) for e in events])
                 await write_all(send, result.outgoing)
-                for event in result.ack:
-                    await stream.ack(event)
+                await acks.done(result.ack)
 
         handle.agents["feedback"] = app.agent(sinks["feedback"], name=f"{prefix}-feedback")(
             feedback_agent
@@ -379,14 +397,13 @@ def install(
 
         @app.timer(1.0)
         async def expire_feedback() -> None:
-            if not feedback_streams:
+            if not feedback_acks:
                 return
             result = FeedbackResult()
             operator.expire_into(result)
             if result.outgoing:
                 await write_all(send, result.outgoing)
-                for event in result.ack:
-                    await feedback_streams[0].ack(event)
+                await feedback_acks[0].done(result.ack)
 
     async def learner_agent(stream: Any) -> None:
         await ready.wait()

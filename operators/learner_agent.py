@@ -147,7 +147,7 @@ class Learner:
                 state = self.cascade.state_bytes(compress=False)
                 blob = await asyncio.to_thread(self._seal, version, state, meta)
                 await self.publish(blob)
-                self.published_version = version
+                self.published_version = max(self.published_version, version)
                 self.metrics.states_published.inc()
                 self.metrics.model_version.set(version)
                 log.info("published model state version %d", version)

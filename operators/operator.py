@@ -110,11 +110,13 @@ class CascadeOperator:
         self.publish_llm_feedback = publish_llm_feedback
         self.clock = clock
         self.labels = cascade.task.labels
+        self._joined_tokens: list[Any] = []
 
     # -- events ------------------------------------------------------------------------------
     def _letter(self, record: InRecord, reason: str, detail: str) -> Outgoing:
         self.metrics.dead_letters.labels(reason).inc()
-        letter = dl.DeadLetter(record.value or b"", reason, record.position, detail, record.key)
+        raw, cut = dl.keepable(record.value or b"")
+        letter = dl.DeadLetter(raw, reason, record.position, detail + cut, record.key)
         return Outgoing("dlq", record.key, self.codec.encode_dead_letter(letter))
 
     async def handle_events(
@@ -150,6 +152,8 @@ class CascadeOperator:
             # Events whose early answer is already written are answered: no dead letter too.
             out.extend(self._letter(r, dl.CASCADE_ERROR, detail)
                        for e, r in zip(events, sources, strict=True) if e.id not in written)
+            for event in events:  # their labels still teach
+                out.extend(self._log_event(event, None, ""))
             return out
         now = self.clock()
         answered: list[Decision] = []
@@ -157,6 +161,7 @@ class CascadeOperator:
         for event, record, decision in zip(events, sources, decisions, strict=True):
             if decision.label is None:
                 out.append(self._letter(record, dl.LLM_FAILED, decision.error or "no answer"))
+                out.extend(self._log_event(event, None, decision.stage))
                 continue
             answered.append(decision)
             if event.id in written:
@@ -166,12 +171,26 @@ class CascadeOperator:
                 latencies.append(latency)
                 out.append(Outgoing("output", self.codec.key(event.id),
                                     self.codec.encode_output(decision, latency * 1e3)))
-            for match in self.decision_log.record(event, decision.label_index, decision.stage):
-                out.extend(self._joined(match))
+            out.extend(self._log_event(event, decision.label_index, decision.stage))
         self.metrics.observe_batch(answered, latencies)
         partition_of = {e.id: r.position.partition for e, r in zip(events, sources, strict=True)}
         out.extend(self._expert_feedback(partition_of))
         return out
+
+    def _log_event(self, event: Event, predicted: int | None, stage: str) -> list[Outgoing]:
+        """Log an event for its feedback; the demonstrations of feedback that waited for it."""
+        out = []
+        for match in self.decision_log.record(event, predicted, stage):
+            out.extend(self._joined(match))
+            if match.token is not None:
+                self._joined_tokens.append(match.token)
+        return out
+
+    def take_joined_feedback(self) -> list[Any]:
+        """The tokens of waiting feedback joined since the last call: ack each once the records
+        of the batch that joined it are written."""
+        tokens, self._joined_tokens = self._joined_tokens, []
+        return tokens
 
     def _early_writer(self, events: Sequence[Event], sources: Sequence[InRecord],
                       written: dict[str, float],
@@ -249,7 +268,8 @@ class CascadeOperator:
         self.metrics.dead_letters.labels(dl.FEEDBACK_UNMATCHED).inc()
         position = waiting.position or dl.SourcePosition("", -1, -1)
         detail = f"no event {waiting.feedback.event_id!r} within {self.decision_log.ttl_s:g} s"
-        letter = dl.DeadLetter(waiting.raw, dl.FEEDBACK_UNMATCHED, position, detail, waiting.key)
+        raw, cut = dl.keepable(waiting.raw)
+        letter = dl.DeadLetter(raw, dl.FEEDBACK_UNMATCHED, position, detail + cut, waiting.key)
         return Outgoing("dlq", waiting.key, self.codec.encode_dead_letter(letter))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streamcascade.errors import ConfigurationError
+from streamcascade.operators import dead_letters as dl
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ def ensure_topics(bootstrap: str, plan: TopicPlan, timeout: float = 30.0) -> dic
     if plan.feedback:
         wanted[plan.feedback] = (n_input, {})
     if plan.dlq:
-        wanted[plan.dlq] = (1, {})
+        wanted[plan.dlq] = (1, {"max.message.bytes": str(dl.MAX_BYTES)})
     if plan.state:
         wanted[plan.state] = (
             1, {"cleanup.policy": "compact", "max.message.bytes": str(plan.state_max_bytes)}

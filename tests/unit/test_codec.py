@@ -94,3 +94,21 @@ def test_dead_letter_keeps_original_bytes_and_position() -> None:
 def test_max_bytes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         RecordCodec(max_bytes=0)
+
+
+def test_a_dead_letter_always_fits_its_topic() -> None:
+    """Base64 makes a dead letter 4/3 of its original: a record near the broker's limit gives a
+    dead letter over it, so the topic takes more, and beyond that the original is cut, saying
+    so, rather than the broker refusing the dead letter (which would stop the stream)."""
+    import hashlib
+
+    position = dl.SourcePosition("events", 0, 7)
+    near_limit = b"x" * 1_000_000
+    raw, cut = dl.keepable(near_limit)
+    assert raw == near_limit and cut == ""
+    huge = bytes(range(256)) * (13 * 1024 * 1024 // 256)
+    raw, cut = dl.keepable(huge)
+    letter = RecordCodec.encode_dead_letter(dl.DeadLetter(raw, dl.OVERSIZED, position, cut))
+    assert len(letter) <= dl.MAX_BYTES
+    assert huge.startswith(raw) and len(raw) < len(huge)
+    assert str(len(huge)) in cut and hashlib.sha256(huge).hexdigest() in cut
