@@ -29,10 +29,15 @@ class TopicPlan:
 
 def partition_counts(bootstrap: str, timeout: float = 30.0) -> dict[str, int]:
     """Every topic of the cluster with its partition count."""
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    metadata = admin.list_topics(timeout=timeout)
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise ConfigurationError(f"no Kafka cluster answered at {bootstrap} within "
+                                 f"{timeout:g} s: {exc.args[0]}") from None
     return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
 
 

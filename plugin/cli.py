@@ -7,8 +7,10 @@ stays the table of contents of the CLI.
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
+from pydantic import ValidationError
 
 from streamcascade import __version__
 from streamcascade.commands import bench, kafka, llm, onnx, replay, worker
@@ -33,4 +35,8 @@ cli.add_command(worker.demo)
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except ValidationError as exc:  # a STREAMCASCADE_* variable no command could use
+        click.echo(f"Error: a setting from the environment is invalid: {exc}", err=True)
+        sys.exit(2)

@@ -17,6 +17,7 @@ import heapq
 import json
 import random
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -134,6 +135,8 @@ def run_stream(
     finally:
         stop_worker(worker)
         reader.close()
+        # Faust's data folder of this run's app (no tables in it): not a result, and one per run.
+        shutil.rmtree(out_dir / f"demo-{run}-data", ignore_errors=True)
     return {"outputs": outputs, "dead": dead, "labels_sent": sent_labels,
             "elapsed_s": elapsed, "metrics": metrics_text, "topics": topics}
 

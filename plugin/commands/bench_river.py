@@ -20,7 +20,8 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from streamcascade.models.datasets import read_stream
+from streamcascade.errors import StreamcascadeError
+from streamcascade.models.datasets import read_stream, stream_task_name
 from streamcascade.models.stages.river_text import RiverTextStage
 from streamcascade.models.tasks import TASKS, Task
 
@@ -86,15 +87,22 @@ def run_bench(dataset: Path, task: Task, limit: int, seed: int) -> dict[str, Any
 @click.option("--dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=Path("../shared/datasets/imdb.jsonl.gz"), show_default=True,
               help="A stream in the shared format.")
-@click.option("--task", "task_name", type=click.Choice(sorted(TASKS)), default="imdb",
-              show_default=True)
+@click.option("--task", "task_name", type=click.Choice(["auto", *sorted(TASKS)]), default="auto",
+              show_default=True, help="The task; auto: from the dataset's file name.")
 @click.option("--limit", type=int, default=2000, show_default=True, help="Events to run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="Write the results here (JSON).")
 def command(dataset: Path, task_name: str, limit: int, seed: int, json_out: Path) -> None:
     """Events/s and accuracy of the first stage against River's own pipeline, same events."""
-    result = run_bench(dataset, TASKS[task_name], limit, seed)
+    name = stream_task_name(dataset) if task_name == "auto" else task_name
+    if name not in TASKS:
+        raise click.BadParameter(f"no built-in task is named after {dataset.name}; pass --task "
+                                 f"({', '.join(sorted(TASKS))})", param_hint="--task")
+    try:
+        result = run_bench(dataset, TASKS[name], limit, seed)
+    except StreamcascadeError as exc:
+        raise click.ClickException(str(exc)) from None
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(result, indent=2))
     click.echo(json.dumps({k: result[k] for k in ("n", "stage_vs_river")}

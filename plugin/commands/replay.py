@@ -132,7 +132,7 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
     rows = read_stream(dataset)
     if shuffle:
         random.Random(seed).shuffle(rows)
-    rows = rows[:limit] if limit else rows
+    rows = rows[:limit] if limit is not None else rows
     if not rows:
         raise ConfigurationError(f"{dataset} holds no events")
     task = _task(task_name, dataset, labels, rows)

@@ -219,12 +219,7 @@ def worker(
         if not bootstrap:
             raise ConfigurationError("no Kafka cluster: pass --bootstrap or set "
                                      "STREAMCASCADE_BOOTSTRAP (or run `streamcascade kafka up`)")
-        ensure_topics(bootstrap, TopicPlan(
-            settings.input_topic, settings.output_topic,
-            None if pass_through else settings.feedback_topic,
-            None if pass_through else settings.dlq_topic,
-            None if pass_through else settings.state_topic,
-            partitions=partitions, state_max_bytes=settings.state_max_bytes))
+        # Everything that can be refused is checked before a topic is created on the cluster.
         app = make_app(settings, bootstrap)
         if pass_through:
             install_passthrough(app, settings.input_topic, settings.output_topic,
@@ -240,7 +235,13 @@ def worker(
             attach(app, cascade, source=settings.input_topic, sink=settings.output_topic,
                    feedback=settings.feedback_topic, dlq=settings.dlq_topic,
                    state_topic=settings.state_topic, settings=settings)
-    except (StreamcascadeError, ValidationError) as exc:
+        ensure_topics(bootstrap, TopicPlan(
+            settings.input_topic, settings.output_topic,
+            None if pass_through else settings.feedback_topic,
+            None if pass_through else settings.dlq_topic,
+            None if pass_through else settings.state_topic,
+            partitions=partitions, state_max_bytes=settings.state_max_bytes))
+    except (StreamcascadeError, ValidationError, OSError) as exc:  # OSError: a port in use
         raise click.ClickException(str(exc)) from None
     runner = faust.Worker(app, loglevel=loglevel, quiet=True)
     # Faust's terminal spinner sets the root logger to DEBUG (to spin on every record) whenever

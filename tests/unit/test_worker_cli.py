@@ -43,3 +43,30 @@ def test_a_config_file_feeds_the_flags(tmp_path: Path, monkeypatch: pytest.Monke
     config.write_text("[worker\n")
     result = CliRunner().invoke(cli, ["worker", "--config", str(config)])
     assert result.exit_code != 0 and "cannot read config file" in result.output
+
+
+def test_a_bad_cascade_is_refused_before_any_topic_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker checks everything it can before it creates topics on a user's cluster: here
+    the cluster does not exist, and the task's error comes first (at once, not after the
+    cluster's 30 s timeout)."""
+    import streamcascade.operators.topics as topics
+
+    def no_topics(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("topics were made before the cascade was checked")
+
+    monkeypatch.setattr(topics, "ensure_topics", no_topics)
+    result = CliRunner().invoke(cli, ["worker", "--bootstrap", "127.0.0.1:1", "--task", "nope"])
+    assert result.exit_code != 0 and "unknown task 'nope'" in result.output
+
+
+def test_a_bad_setting_in_the_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    from streamcascade.cli import main
+
+    monkeypatch.setenv("STREAMCASCADE_BATCH_SIZE", "0")
+    monkeypatch.setattr("sys.argv", ["streamcascade", "kafka", "status"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2
+    assert "setting from the environment is invalid" in capsys.readouterr().err
