@@ -125,9 +125,6 @@ class RecordCodec:
         """The Kafka key of every record about ``event_id`` (outputs, feedback, dead letters)."""
         return event_id.encode("utf-8")
 
-    def encode_event(self, event: Event) -> bytes:
-        return self.encode_event_fields(event.id, event.text)
-
     def encode_event_fields(self, event_id: str, text: str) -> bytes:
         """An input record (for producers: the demo, the benchmark, tests)."""
         return _compact({self.id_field: event_id, self.text_field: text}).encode("utf-8")
@@ -165,11 +162,3 @@ class RecordCodec:
                 "offset": letter.position.offset,
             }
         ).encode("utf-8")
-
-
-def decode_output(raw: bytes) -> dict[str, Any]:
-    """An output record as a dict (for consumers of the output topic: the demo, tests, benches)."""
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("an output record is a JSON object")
-    return value

@@ -321,7 +321,8 @@ def install(
     if topics.state and signer is not None:
         watcher = StateWatcher(bootstrap_of(app), topics.state, signer, apply,
                                on_refused=lambda _reason: metrics.states_refused.inc(),
-                               max_bytes=options.state_max_bytes + 1024 * 1024)
+                               max_bytes=options.state_max_bytes + 1024 * 1024,
+                               on_failure=app.crash)
     handle = OperatorHandle(operator, learner, metrics, topics, watcher, ready)
 
     @app.task

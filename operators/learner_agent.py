@@ -100,6 +100,8 @@ class Learner:
         """
         labels = self.cascade.task.labels
         demos = [d for d in (decode_demonstration(v, labels) for v in values) if d is not None]
+        if len(demos) < len(values):
+            self.metrics.demonstrations_skipped.labels("malformed").inc(len(values) - len(demos))
         learned = 0
         async with self._lock:
             for start in range(0, len(demos), self.learn_slice):
@@ -113,6 +115,7 @@ class Learner:
             self.cascade.learn(demos)
         except Exception:  # a bug in a stage must not stop serving; say so loudly
             log.exception("learning a batch of %d demonstrations failed; skipped", len(demos))
+            self.metrics.demonstrations_skipped.labels("learning_failed").inc(len(demos))
             return 0
         for demo in demos:
             self.metrics.demonstrations.labels(demo.source).inc()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from streamcascade.models.types import Decision
+from streamcascade.operators import dead_letters as dl
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LAG_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -64,7 +65,8 @@ class OperatorMetrics:
             registry=r,
         )
         self.llm_calls = Counter(
-            "streamcascade_llm_calls_total", "Events sent to the LLM", registry=r
+            "streamcascade_llm_calls_total",
+            "Events sent to the LLM (audits and calls that failed included)", registry=r
         )
         self.cost = Counter(
             "streamcascade_cost_total",
@@ -74,6 +76,8 @@ class OperatorMetrics:
         self.dead_letters = Counter(
             "streamcascade_dead_letters_total", "Dead letters written", ["reason"], registry=r
         )
+        for reason in dl.REASONS:  # every reason is a series from the start, at 0
+            self.dead_letters.labels(reason)
         self.feedback = Counter(
             "streamcascade_feedback_total", "Feedback joined with its event", ["source"],
             registry=r,
@@ -115,6 +119,11 @@ class OperatorMetrics:
             "streamcascade_demonstrations_learned_total", "Demonstrations learned", ["source"],
             registry=r,
         )
+        self.demonstrations_skipped = Counter(
+            "streamcascade_demonstrations_skipped_total",
+            "Demonstrations not learned (each logged): a malformed record, or a learning step "
+            "that raised", ["reason"], registry=r,
+        )
         # Rolling windows, kept with running counts so that a batch costs O(batch), not O(window).
         self._answered_at: deque[int] = deque()
         self._exits = [0] * len(self.stages)  # events of the window answered at each stage
@@ -145,10 +154,16 @@ class OperatorMetrics:
                 self.stage_out.labels(name).inc(answered[j])
                 self._cost_of[name].inc(cost[j])
             reached -= answered[j]
-        if answered[-1]:
-            self.llm_calls.inc(answered[-1])
         if decisions:
             self._update_rolling()
+
+    def observe_llm_calls(self, decisions: Sequence[Decision]) -> None:
+        """Count the LLM calls of a batch's decisions, answered or not (a failed call costs a
+        call too, and an outage must show as calls, not as a falling LLM share alone)."""
+        llm = self.stages[-1]
+        calls = sum(1 for d in decisions if d.path and d.path[-1].split(":")[0] == llm)
+        if calls:
+            self.llm_calls.inc(calls)
 
     def _update_rolling(self) -> None:
         reach = len(self._answered_at)

@@ -155,6 +155,7 @@ class CascadeOperator:
             for event in events:  # their labels still teach
                 out.extend(self._log_event(event, None, ""))
             return out
+        self.metrics.observe_llm_calls(decisions)
         now = self.clock()
         answered: list[Decision] = []
         latencies: list[float] = []

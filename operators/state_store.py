@@ -33,7 +33,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +145,7 @@ class StateWatcher:
         apply: Callable[[Snapshot], None],
         on_refused: Callable[[str], None] | None = None,
         max_bytes: int = 64 * 1024 * 1024,
+        on_failure: Callable[[BaseException], Awaitable[Any]] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -152,10 +153,11 @@ class StateWatcher:
         self.apply = apply
         self.on_refused = on_refused
         self.max_bytes = max_bytes
+        self.on_failure = on_failure
         self.version = -1
-        self.ready = asyncio.Event()
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._failure: asyncio.Future[Any] | None = None
 
     def _verified(self, value: bytes | None) -> Snapshot | None:
         try:
@@ -227,8 +229,21 @@ class StateWatcher:
                         newest = snapshot
         if newest is not None:
             self._apply(newest)
-        self.ready.set()
+        self._start_following()
+
+    def _start_following(self) -> None:
         self._task = asyncio.ensure_future(self._follow())
+        self._task.add_done_callback(self._stopped_following)
+
+    def _stopped_following(self, task: asyncio.Task[None]) -> None:
+        # A worker that silently stopped following would serve a stale model for good: say so,
+        # and let the app stop (a supervisor restarts it, and it catches up at start).
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("stopped following state topic %s: %r", self.topic, exc)
+        if self.on_failure is not None and exc is not None:
+            self._failure = asyncio.ensure_future(self.on_failure(exc))
 
     async def _caught_up(self, tps: list[Any], ends: dict[Any, int]) -> bool:
         for tp in tps:
@@ -241,7 +256,12 @@ class StateWatcher:
             batch = await self._consumer.getmany(timeout_ms=1000)
             for records in batch.values():
                 for record in records:
-                    self._offer(record.value)
+                    try:
+                        self._offer(record.value)
+                    except Exception as exc:  # one state that cannot load: follow on
+                        log.exception("could not apply a record of state topic %s", self.topic)
+                        if self.on_refused is not None:
+                            self.on_refused(f"{type(exc).__name__}: {exc}")
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -93,6 +93,7 @@ async def test_every_record_gets_an_output_or_a_dead_letter(records_file: Path) 
     assert {o.partition for o in feedback} == {1}
     assert {json.loads(o.value)["source"] for o in feedback} == {"llm"}
     assert op.metrics.dead_letters.labels(dl.LLM_FAILED)._value.get() == 2
+    assert op.metrics.llm_calls._value.get() == 20  # warm-up: all 20 asked, 2 calls failed
 
 
 async def test_feedback_joins_before_or_after_and_bad_labels_are_dead_letters(
@@ -161,6 +162,8 @@ async def test_learner_publishes_signed_state_that_another_worker_loads(records_
     assert await learner.maybe_publish(ack)  # the first publish is due at once
     assert acked == ["a", "b"]
     await learner.learn([*demos[100:], b"not a demonstration"])
+    skipped = op.metrics.demonstrations_skipped
+    assert skipped.labels("malformed")._value.get() == 1  # skipped, and counted
     learner.hold(["c"])
     assert not await learner.maybe_publish(ack)  # not due: the demonstrations stay un-acked
     assert acked == ["a", "b"]
@@ -168,6 +171,10 @@ async def test_learner_publishes_signed_state_that_another_worker_loads(records_
     assert acked == ["a", "b", "c"]
     versions = [signer.verify(b).version for b in published]
     assert versions == sorted(versions) and versions[-1] == op.cascade.version > 0
+    broken = Learner(make_operator(records_file).cascade, signer, publish, op.metrics)
+    broken.cascade.learn = None  # type: ignore[method-assign]  # a step that raises
+    assert await broken.learn(demos[:3]) == 0
+    assert skipped.labels("learning_failed")._value.get() == 3
 
     other = make_operator(records_file, warmup=20)
     other.cascade.load_state(signer.verify(published[-1]).payload)

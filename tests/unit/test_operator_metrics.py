@@ -30,7 +30,6 @@ def test_counts_per_stage_and_rolling_deferral_rates() -> None:
     assert value(m, "streamcascade_stage_events_in_total", stage="onnx") == 3
     assert value(m, "streamcascade_stage_events_in_total", stage="llm") == 2
     assert value(m, "streamcascade_stage_events_out_total", stage="llm") == 2
-    assert value(m, "streamcascade_llm_calls_total") == 2
     assert value(m, "streamcascade_cost_total", stage="llm") == 6.0
     assert value(m, "streamcascade_deferral_rate", stage="river") == 0.75
     assert abs(value(m, "streamcascade_deferral_rate", stage="onnx") - 2 / 3) < 1e-9
@@ -40,6 +39,25 @@ def test_counts_per_stage_and_rolling_deferral_rates() -> None:
     assert value(m, "streamcascade_llm_share") == 0.0
     assert value(m, "streamcascade_deferral_rate", stage="river") == 0.0
     assert value(m, "streamcascade_decision_latency_seconds_count", stage="river") == 5
+
+
+def test_llm_calls_count_audits_and_failures() -> None:
+    m = OperatorMetrics(STAGES)
+    answered = Decision("a", "x", 0, "llm", 2, 1.0, 1.0, ["river", "onnx", "llm"])
+    audited = Decision("b", "x", 0, "llm", 2, 1.0, 1.0, ["river", "llm:audit"])
+    failed = Decision("c", None, None, "llm", 2, 1.0, 1.0, ["river", "onnx", "llm"],
+                      error="timed out")
+    early = Decision("d", "x", 0, "river", 0, 0.9, 0.1, ["river"])
+    m.observe_llm_calls([answered, audited, failed, early])
+    assert value(m, "streamcascade_llm_calls_total") == 3
+
+
+def test_every_dead_letter_reason_is_a_series_from_the_start() -> None:
+    from streamcascade.operators import dead_letters as dl
+
+    m = OperatorMetrics(STAGES)
+    assert [value(m, "streamcascade_dead_letters_total", reason=r) for r in dl.REASONS] == [
+        0.0] * len(dl.REASONS)
 
 
 def test_rolling_quality_on_ground_truth() -> None:
@@ -60,7 +78,7 @@ def test_served_over_http_from_its_own_registry() -> None:
     a.serve(port)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'streamcascade_dead_letters_total{reason="malformed_json"} 3.0' in text
-    assert b"malformed_json" not in generate_latest(b.registry)
+    assert b'reason="malformed_json"} 0.0' in generate_latest(b.registry)
 
 
 def test_loop_lag_probe_sees_a_stall() -> None:

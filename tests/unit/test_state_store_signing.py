@@ -65,3 +65,40 @@ def test_watcher_applies_only_newer_verified_snapshots() -> None:
         watcher._offer(record)
     assert [s.version for s in applied] == [2, 3]
     assert len(refused) == 2 and watcher.version == 3
+
+
+async def test_a_watcher_that_cannot_follow_says_so_and_a_bad_state_does_not_stop_it() -> None:
+    """A worker that silently stopped following the state topic would serve a stale model for
+    good: a state that raises while loading is refused and following goes on; the consumer
+    failing ends it, and the failure is handed on (the operator crashes the app)."""
+    import asyncio
+
+    signer = StateSigner(KEY)
+    refused: list[str] = []
+    failures: list[BaseException] = []
+
+    def apply(snapshot: Snapshot) -> None:
+        if snapshot.payload == b"bug":
+            raise RuntimeError("a loader bug")
+
+    async def on_failure(exc: BaseException) -> None:
+        failures.append(exc)
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def getmany(self, timeout_ms: int) -> dict[str, list[object]]:
+            self.calls += 1
+            if self.calls == 1:
+                record = type("R", (), {"value": signer.sign(1, b"bug")})
+                return {"tp": [record, type("R", (), {"value": signer.sign(2, b"ok")})]}
+            raise ConnectionError("the topic is gone")
+
+    watcher = StateWatcher("unused:9092", "state", signer, apply, refused.append,
+                           on_failure=on_failure)
+    watcher._consumer = Consumer()
+    watcher._start_following()
+    await asyncio.sleep(0.05)
+    assert watcher.version == 2 and refused == ["RuntimeError: a loader bug"]
+    assert len(failures) == 1 and isinstance(failures[0], ConnectionError)
