@@ -12,9 +12,9 @@ STAMP_VENV    := $(VENV)/.stamp-venv
 STAMP_INSTALL := $(VENV)/.stamp-install
 STAMP_MODELS  := $(VENV)/.stamp-models
 
-.PHONY: setup test lint typecheck pytest demo clean distclean kafka-fetch
+.PHONY: setup test lint typecheck pytest demo clean distclean kafka-fetch models
 
-setup: $(STAMP_MODELS) kafka-fetch
+setup: models kafka-fetch
 
 $(STAMP_VENV):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "streamcascade needs Python 3.11 or newer, not " + sys.version.split()[0]'
@@ -31,14 +31,21 @@ $(STAMP_INSTALL): $(STAMP_VENV) pyproject.toml
 
 # Generated model files (git-ignored, in the cache), redone when the package is reinstalled:
 # the MiniLM encoder exported to ONNX (fp32 and int8) with its parity checks and manifest.
-$(STAMP_MODELS): $(STAMP_INSTALL) onnx_exports/export.py onnx_exports/encoder.py onnx_exports/models.json
+$(STAMP_MODELS): $(STAMP_INSTALL) onnx_exports/export.py onnx_exports/encoder.py onnx_exports/manifest.py onnx_exports/models.json
 	$(BIN)/streamcascade onnx export > /dev/null
 	touch $@
 
+# The stamp lives in the venv, the files in the cache: a cache that was emptied or moved
+# (STREAMCASCADE_CACHE_DIR) is exported again (`onnx show` checks every file's sha256).
+models: $(STAMP_MODELS)
+	@$(BIN)/streamcascade onnx show > /dev/null 2>&1 || $(BIN)/streamcascade onnx export > /dev/null
+
 # The Kafka broker jars from Maven Central, once, into ~/.cache/streamcascade/kafka/<version>.
-# The command returns at once when they are already there.
+# The command returns at once when they are already there; with STREAMCASCADE_BOOTSTRAP naming
+# a cluster, no local broker is started, so none is fetched.
 kafka-fetch: $(STAMP_INSTALL)
-	$(BIN)/streamcascade kafka fetch
+	@if [ -n "$$STREAMCASCADE_BOOTSTRAP" ]; then echo "using the cluster at $$STREAMCASCADE_BOOTSTRAP: no broker jars to fetch"; \
+	else $(BIN)/streamcascade kafka fetch; fi
 
 lint: $(STAMP_INSTALL)
 	$(BIN)/ruff check .

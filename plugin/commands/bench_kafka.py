@@ -358,7 +358,9 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
 @click.command("kafka")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True,
               help="Write the results here (JSON).")
-@click.option("--bootstrap", help="Use this cluster instead of starting a local broker.")
+@click.option("--bootstrap", envvar="STREAMCASCADE_BOOTSTRAP",
+              help="Use this cluster instead of starting a local broker "
+                   "[env: STREAMCASCADE_BOOTSTRAP].")
 @click.option("--events", type=int, default=6000, show_default=True,
               help="Events of the throughput runs.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,

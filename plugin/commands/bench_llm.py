@@ -31,8 +31,10 @@ from tqdm import tqdm
 from streamcascade.errors import StreamcascadeError
 from streamcascade.llm_server import LocalLLMServer
 from streamcascade.models.llm.openai import OpenAIChatLLM, chat_completions_url
+from streamcascade.models.llm.prompts import CONSTRAIN_MODES
 from streamcascade.models.tasks import TASKS
 from streamcascade.models.types import Event
+from streamcascade.settings import Settings
 
 # Short reviews of similar length, so that every request costs the server about the same.
 _TEXTS = (
@@ -108,14 +110,18 @@ async def _run_client(
 
 
 async def _run_bare(
-    url: str, bodies: list[dict[str, Any]], concurrency: int, timeout: float
+    url: str, bodies: list[dict[str, Any]], concurrency: int, timeout: float,
+    headers: dict[str, str],
 ) -> tuple[list[float], float, float, int]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
 
         async def send(body: dict[str, Any]) -> bool:
-            response = await client.post(url, json=body)
-            return response.status_code == 200 and bool(response.json()["choices"])
+            try:
+                response = await client.post(url, json=body)
+                return response.status_code == 200 and bool(response.json()["choices"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                return False  # counted as a failure, as the client counts its own
 
         return await _closed_loop(bodies, concurrency, send)
 
@@ -125,10 +131,16 @@ async def _bench(
 ) -> dict[str, Any]:
     endpoint = chat_completions_url(url)
     task = TASKS["imdb"]
+    key = Settings().llm_api_key  # STREAMCASCADE_LLM_API_KEY, as the worker reads it
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
     # Warm the server (model pages, prompt cache of the shared system prompt) before timing.
-    warm = OpenAIChatLLM(url, model, task, constrain=constrain, cache_size=0, concurrency=4)
+    warm = OpenAIChatLLM(url, model, task, constrain=constrain, cache_size=0, concurrency=4,
+                         api_key=key)
     async with warm:
-        await warm.answer(_events(-1, 4))
+        answers = await warm.answer(_events(-1, 4))
+    if all(a.raw is None for a in answers):
+        raise StreamcascadeError(f"the LLM server at {url} gave no answer to the warm-up: "
+                                 f"{answers[0].error}")
     results: list[dict[str, Any]] = []
     run = 0
     progress = tqdm(total=len(levels) * rounds * 2 * requests, desc="bench llm", unit="req")
@@ -142,6 +154,7 @@ async def _bench(
             cache_size=0,
             timeout=120.0,
             retries=0,
+            api_key=key,
         )
         client_lat: list[float] = []
         bare_lat: list[float] = []
@@ -151,7 +164,8 @@ async def _bench(
             for _ in range(rounds):
                 run += 1
                 bodies = [llm.request_body(e.text) for e in _events(run, requests)]
-                lat, seconds, cpu, failed = await _run_bare(endpoint, bodies, concurrency, 120.0)
+                lat, seconds, cpu, failed = await _run_bare(endpoint, bodies, concurrency, 120.0,
+                                                            headers)
                 bare_lat += lat
                 bare_s += seconds
                 bare_cpu += cpu
@@ -216,9 +230,10 @@ async def _bench(
 @click.option("--rounds", default=2, show_default=True, help="Alternating bare/client rounds.")
 @click.option(
     "--constrain",
-    type=click.Choice(["grammar", "json_schema", "none"]),
+    type=click.Choice(CONSTRAIN_MODES),
     default="grammar",
     show_default=True,
+    help="How the answer is constrained (as `llm ask --constrain`).",
 )
 @click.option("--llm-url", default=None, help="Bench this server instead of a local one.")
 @click.option("--llm-model", default=None, help="Its model name (with --llm-url).")

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -82,28 +83,33 @@ def serve(
     Prints the base URL (http://127.0.0.1:PORT/v1) once the model answers, then serves until
     Ctrl-C or SIGTERM, and stops the server before it exits.
     """
-    server = LocalLLMServer(
-        model_path,
-        port=port,
-        threads=threads,
-        parallel=parallel,
-        ctx_per_slot=ctx_per_slot,
-        alias=alias,
-        ready_timeout=ready_timeout,
-        log_path=log_path,
-    )
+    try:
+        server = LocalLLMServer(
+            model_path,
+            port=port,
+            threads=threads,
+            parallel=parallel,
+            ctx_per_slot=ctx_per_slot,
+            alias=alias,
+            ready_timeout=ready_timeout,
+            log_path=log_path,
+        )
+    except StreamcascadeError as e:
+        raise click.ClickException(str(e)) from None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     try:
         click.echo("starting the local LLM server ...", err=True)
         try:
-            server.start()
+            server.start()  # Ctrl-C while the model loads stops it (KeyboardInterrupt)
         except StreamcascadeError as e:
             raise click.ClickException(str(e)) from None
+        # From here a signal ends the serving loop below, which stops the server cleanly.
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         click.echo(server.base_url)
         click.echo(
             f"model {server.model!r} ready (pid {server.pid}); Ctrl-C or SIGTERM stops it",

@@ -43,12 +43,14 @@ def onnx() -> None:
 def export(model: str, int8: bool, out: Path | None, opset: int) -> None:
     """Export MODEL from its weight package to ONNX, check parity, write the manifest."""
     try:
+        # The export imports torch and onnx where it uses them: a missing one shows here too.
         from streamcascade.onnx_exports.export import export_model
-    except ImportError as exc:
-        raise click.ClickException(f"the export needs torch and onnx: {exc}") from None
-    try:
+
         manifest = export_model(model, _onnx_root(out), int8=int8, opset=opset,
                                 progress=lambda line: click.echo(line, err=True))
+    except ImportError as exc:
+        raise click.ClickException(f"the export needs torch and onnx (pip install "
+                                   f"'streamcascade[models]'): {exc}") from None
     except ModelFileError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(manifest.data, indent=2, sort_keys=True))

@@ -40,7 +40,10 @@ def _task(name: str, dataset: Path, labels: str | None, rows: list[Any]) -> Task
     else:  # the label set of the file: the task's definition, not a model fitted on the stream
         names = sorted({r.label for r in rows if r.label is not None})
         click.echo(f"note: labels taken from the file: {names}", err=True)
-    return generic_task(name, LabelSet.of(names))
+    try:
+        return generic_task(name, LabelSet.of(names))
+    except ValueError as exc:  # fewer than two labels, or a repeated one
+        raise ConfigurationError(f"{dataset}: {exc}") from None
 
 
 def _clean(result: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +103,10 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
     """Replay a labelled stream through the cascade and its static baseline; write JSON."""
     from streamcascade.commands.worker import parse_stage_options
 
+    if plot_out is not None and not sweep:
+        raise click.UsageError("--plot draws the swept curves: give --sweep too")
+    if limit is not None and limit < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--limit")
     try:
         grid = ([{"max_quality_loss": v} for v in _floats(sweep_losses)]
                 + [{"target_llm_share": v} for v in _floats(sweep_shares)],

@@ -40,7 +40,17 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         data = tomllib.loads(Path(value).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(f"cannot read config file {value}: {exc}") from None
+    unknown_tables = set(data) - {"worker", "cascade"}
+    if unknown_tables:
+        raise click.BadParameter(f"{value}: unknown tables {sorted(unknown_tables)}; the file "
+                                 "has [worker] and [cascade]")
     defaults = dict(data.get("worker", {}))
+    # A misspelt key would silently leave its option at the default (say, the default topics).
+    names = {p.name for p in ctx.command.params if p.name and p.expose_value}
+    unknown = set(defaults) - names
+    if unknown:
+        raise click.BadParameter(f"{value}: unknown [worker] keys {sorted(unknown)}; the keys "
+                                 f"are the options' parameter names: {sorted(names)}")
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["cascade_overrides"] = data.get("cascade", {})
     return value
@@ -55,9 +65,9 @@ def build_settings(**flags: Any) -> Settings:
 def build_cascade_from_flags(
     task_name: str | None,
     labels: str | None,
-    stages: str,
+    stages: str | None,
     operating_point: dict[str, float | None],
-    seed: int,
+    seed: int | None,
     warmup: int | None,
     llm: str | None,
     llm_records: str | None,
@@ -67,7 +77,8 @@ def build_cascade_from_flags(
     overrides: dict[str, Any] | None = None,
     stage_options: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
-    """The cascade a worker serves, from its flags."""
+    """The cascade a worker serves, from its flags (``None``: not given, so ``overrides``, the
+    config file's ``[cascade]`` table, or the defaults decide)."""
     from streamcascade.models.cascade import CascadeConfig, build_cascade
     from streamcascade.models.llm.factory import make_llm
     from streamcascade.models.tasks import TASKS, generic_task
@@ -87,11 +98,17 @@ def build_cascade_from_flags(
     backend = make_llm(task, recorded=llm, records_path=Path(llm_records) if llm_records else None,
                        url=llm_url, model=llm_model, api_key=api_key)
     values: dict[str, Any] = dict(overrides or {})
-    values["stages"] = [s.strip() for s in stages.split(",") if s.strip()]
-    values["seed"] = seed
+    if stages is not None:
+        values["stages"] = [s.strip() for s in stages.split(",") if s.strip()]
+    if seed is not None:
+        values["seed"] = seed
     if warmup is not None:
         values["warmup"] = warmup
-    values.update({k: v for k, v in operating_point.items() if v is not None})
+    given = {k: v for k, v in operating_point.items() if v is not None}
+    if given:  # a flag's operating point replaces the file's (there is only one)
+        for key in operating_point:
+            values.pop(key, None)
+        values.update(given)
     config = CascadeConfig.from_dict(values)
     return build_cascade(task, backend, config, **(stage_options or {}))
 
@@ -151,15 +168,15 @@ def make_app(settings: Settings, bootstrap: str) -> Any:
 @click.option("--text-field", "text_field", help="Field of the text in input records.")
 @click.option("--task", "task_name", help="A built-in task: imdb, hatespeech or isear.")
 @click.option("--labels", help="A custom task's labels, comma-separated.")
-@click.option("--stages", default="river", show_default=True,
-              help="Stages before the LLM, cheapest first (river, onnx).")
+@click.option("--stages", help="Stages before the LLM, cheapest first (river, onnx); "
+                               "default: river.")
 @click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE.KEY=VALUE",
               help="An option of one stage, e.g. onnx.variant=int8 (repeatable).")
 @click.option("--mu", type=float, help="Operating point: the paper's raw cost coefficient.")
 @click.option("--target-llm-share", type=float, help="Operating point: share sent to the LLM.")
 @click.option("--max-quality-loss", type=float, help="Operating point: largest loss vs the LLM.")
 @click.option("--warmup", type=int, help="Demonstrations learned before stages may answer.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, help="Seed of the cascade's randomness (default 0).")
 @click.option("--llm", help="Recorded LLM: the answers' name in the records file.")
 @click.option("--llm-records", type=click.Path(exists=True, dir_okay=False),
               help="Stream file with the recorded answers.")
@@ -186,13 +203,13 @@ def worker(
     partitions: int,
     task_name: str | None,
     labels: str | None,
-    stages: str,
+    stages: str | None,
     stage_option: tuple[str, ...],
     mu: float | None,
     target_llm_share: float | None,
     max_quality_loss: float | None,
     warmup: int | None,
-    seed: int,
+    seed: int | None,
     llm: str | None,
     llm_records: str | None,
     llm_url: str | None,

@@ -151,6 +151,15 @@ def test_cli_generic_task_and_errors(tmp_path: Path) -> None:
     missing = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm", "nope",
                                        "--json", str(out)])
     assert missing.exit_code != 0 and "no recorded answers" in missing.output
+    base = ["replay", "--dataset", str(path), "--llm", "m", "--json", str(out)]
+    for flags, says in ((["--plot", str(tmp_path / "p.png")], "give --sweep too"),
+                        (["--limit", "0"], "at least 1")):
+        refused = CliRunner().invoke(cli, [*base, *flags])
+        assert refused.exit_code != 0 and says in refused.output
+    one = write_stream(tmp_path / "one.jsonl", rows[:1])  # a file with one label
+    single = CliRunner().invoke(cli, ["replay", "--dataset", str(one), "--llm", "m", "--json",
+                                      str(out)])
+    assert single.exit_code != 0 and "at least two labels" in single.output
 
 
 def _replay_small_stream(tmp_path: Path, *flags: str) -> tuple[Result, Path]:

@@ -70,3 +70,33 @@ def test_a_bad_setting_in_the_environment_is_a_clear_error(monkeypatch: pytest.M
         main()
     assert stop.value.code == 2
     assert "setting from the environment is invalid" in capsys.readouterr().err
+
+
+def test_the_config_file_is_checked_and_flags_win_only_when_given(tmp_path: Path) -> None:
+    from streamcascade.commands.worker import build_cascade_from_flags
+    from streamcascade.settings import Settings
+
+    config = tmp_path / "worker.toml"
+    config.write_text('[worker]\ninput = "comments"\n')  # the flag's name, not the parameter's
+    result = CliRunner().invoke(cli, ["worker", "--config", str(config)])
+    assert result.exit_code != 0 and "unknown [worker] keys ['input']" in result.output
+    assert "input_topic" in result.output
+    config.write_text('[cascades]\nstages = ["river"]\n')
+    result = CliRunner().invoke(cli, ["worker", "--config", str(config)])
+    assert result.exit_code != 0 and "unknown tables ['cascades']" in result.output
+
+    records = Path(__file__).parents[2] / "plugin" / "data" / "hatespeech.jsonl.gz"
+
+    def built(overrides: dict[str, object], stages: str | None = None, seed: int | None = None,
+              **point: float | None) -> object:
+        operating = {"mu": None, "target_llm_share": None, "max_quality_loss": None, **point}
+        return build_cascade_from_flags(
+            "hatespeech", None, stages, operating, seed, None, "gpt-3.5-turbo-1106",
+            str(records), None, None, Settings(), overrides).config
+
+    # The file's [cascade] values stand where no flag is given ...
+    config_of = built({"seed": 7, "mu": 0.001})
+    assert (config_of.seed, config_of.operating_point()) == (7, ("mu", 0.001))
+    # ... and a flag given replaces them, the operating point as a whole.
+    config_of = built({"seed": 7, "mu": 0.001}, seed=3, max_quality_loss=0.01)
+    assert (config_of.seed, config_of.operating_point()) == (3, ("quality_loss", 0.01))
