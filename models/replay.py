@@ -67,18 +67,25 @@ async def replay_async(rows: Sequence[StreamRow], task: Task, cascade: Cascade, 
     bar = tqdm(total=len(rows), desc=progress if isinstance(progress, str) else "replay",
                disable=not progress, unit="ev", mininterval=0.5, leave=False)
     start = time.perf_counter()
-    for lo in range(0, len(rows), batch_size):
-        batch = rows[lo:lo + batch_size]
-        events = [Event(r.id, r.text) for r in batch]
-        decisions.extend(await cascade.answer(events))
-        demos: list[Demonstration] = cascade.take_demonstrations() if feedback != "ground_truth" \
-            else []
-        if feedback != "llm":
-            cascade.take_demonstrations()
-            demos += [Demonstration(e, truth[lo + i], SOURCE_GROUND_TRUTH)
-                      for i, e in enumerate(events) if truth_arrives(e.id, truth_share)]
-        cascade.learn(demos)
-        bar.update(len(batch))
+    try:
+        for lo in range(0, len(rows), batch_size):
+            batch = rows[lo:lo + batch_size]
+            events = [Event(r.id, r.text) for r in batch]
+            decisions.extend(await cascade.answer(events))
+            demos: list[Demonstration] = (cascade.take_demonstrations()
+                                          if feedback != "ground_truth" else [])
+            if feedback != "llm":
+                cascade.take_demonstrations()
+                demos += [Demonstration(e, truth[lo + i], SOURCE_GROUND_TRUTH)
+                          for i, e in enumerate(events) if truth_arrives(e.id, truth_share)]
+            cascade.learn(demos)
+            bar.update(len(batch))
+    finally:
+        # A live backend's connections belong to this replay's event loop (each replay, and
+        # each sweep point, runs its own): close them with it, not at garbage collection.
+        close = getattr(cascade.llm, "aclose", None)
+        if close is not None:
+            await close()
     bar.close()
     seconds = time.perf_counter() - start
     return score(decisions, truth, task, cascade, seconds)

@@ -202,3 +202,25 @@ def test_cli_records_the_share_of_events_with_ground_truth(tmp_path: Path) -> No
     assert json.loads(out.read_text())["truth_share"] == 0.5
     bad, _ = _replay_small_stream(tmp_path, "--feedback", "both", "--truth-share", "2")
     assert bad.exit_code != 0 and "--truth-share" in bad.output
+
+
+def test_a_live_backends_connections_close_with_the_replays_loop(tmp_path: Path) -> None:
+    """Each replay (and each sweep point) runs in its own event loop; a live backend's HTTP
+    connections belong to it and are closed when it ends, not left to the garbage collector."""
+    import asyncio
+
+    from streamcascade.models.cascade import Cascade
+
+    path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(40, seed=9))
+
+    closed_in: list[asyncio.AbstractEventLoop] = []
+
+    class Live(RecordedLLM):
+        async def aclose(self) -> None:
+            closed_in.append(asyncio.get_running_loop())
+
+    llm = Live(path, "oracle", TASK)
+    for _ in range(2):
+        replay(read_stream(path), TASK, Cascade(TASK, [RiverTextStage(TASK.labels)], llm,
+                                                CascadeConfig()), progress=False)
+    assert len(closed_in) == 2 and closed_in[0] is not closed_in[1]
