@@ -2,10 +2,11 @@
 
 Feedback may arrive before its event (a labelling team that is faster than the stream, or a
 replay) or after it. Both sides wait in the log for at most ``ttl_s`` seconds and the log holds at
-most ``max_events`` events and ``max_pending`` waiting feedback records, so memory is bounded
-however the streams behave. An event that expires unlabelled is simply forgotten (most events are
-never labelled); feedback that expires unmatched comes back from :meth:`DecisionLog.expire` so that
-the operator can dead-letter it.
+most ``max_events`` events and ``max_pending`` waiting feedback records, and at most
+``max_bytes`` of their texts and raw feedback together (events can be large), so memory is
+bounded however the streams behave. An event that expires unlabelled is simply forgotten
+(most events are never labelled); feedback that expires unmatched comes back from
+:meth:`DecisionLog.expire` so that the operator can dead-letter it.
 
 >>> from streamcascade.models.types import Event
 >>> from streamcascade.operators.codec import Feedback
@@ -81,8 +82,9 @@ class DecisionLog:
     ----------
     ttl_s
         How long an event waits for feedback, and feedback for its event.
-    max_events, max_pending
-        Capacity; the oldest entries leave first when it is reached.
+    max_events, max_pending, max_bytes
+        Capacity: counts, and characters of event text plus bytes of waiting feedback; the
+        oldest entries leave first when one is reached.
     clock
         Seconds, monotonic; a parameter so that tests can move time.
     """
@@ -93,12 +95,15 @@ class DecisionLog:
         max_events: int = 100_000,
         max_pending: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
-        if ttl_s <= 0 or max_events <= 0 or max_pending <= 0:
-            raise ValueError("ttl_s, max_events and max_pending must be positive")
+        if ttl_s <= 0 or max_events <= 0 or max_pending <= 0 or max_bytes <= 0:
+            raise ValueError("ttl_s, max_events, max_pending and max_bytes must be positive")
         self.ttl_s = ttl_s
         self.max_events = max_events
         self.max_pending = max_pending
+        self.max_bytes = max_bytes
+        self._held = 0  # characters of logged texts plus bytes of waiting feedback
         self.clock = clock
         self._events: OrderedDict[str, LoggedEvent] = OrderedDict()
         self._pending: OrderedDict[tuple[str, int], PendingFeedback] = OrderedDict()
@@ -118,19 +123,45 @@ class DecisionLog:
         """Log an event (``predicted`` is ``None`` where it got no answer); return the feedback
         that was waiting for it, joined."""
         now = self.clock()
-        self._events.pop(event.id, None)
+        old = self._events.pop(event.id, None)
+        if old is not None:
+            self._held -= len(old.event.text)
         self._events[event.id] = LoggedEvent(event, predicted, stage, now)
-        if len(self._events) > self.max_events:
-            self._events.popitem(last=False)
+        self._held += len(event.text)
         keys = self._pending_by_id.pop(event.id, None)
-        if not keys:
-            return []
         matches = []
-        for key in keys:
+        for key in keys or ():
             waiting = self._pending.pop(key)
+            self._held -= len(waiting.raw)
             lag = waiting.arrived_at - now
             matches.append(Match(event, waiting.feedback, predicted, stage, lag, waiting.token))
+        self._shrink()
         return matches
+
+    def _shrink(self) -> None:
+        """Within capacity again, the oldest entries leaving first: an event is forgotten (most
+        events are never labelled), waiting feedback is handed to :meth:`expire`."""
+        while len(self._events) > self.max_events:
+            self._drop_event()
+        while len(self._pending) > self.max_pending:
+            self._drop_pending()
+        while self._held > self.max_bytes and (self._events or self._pending):
+            event = next(iter(self._events.values()), None)
+            waiting = next(iter(self._pending.values()), None)
+            if waiting is None or (event is not None and event.decided_at <= waiting.arrived_at):
+                self._drop_event()
+            else:
+                self._drop_pending()
+
+    def _drop_event(self) -> None:
+        _, gone = self._events.popitem(last=False)
+        self._held -= len(gone.event.text)
+
+    def _drop_pending(self) -> None:
+        _, oldest = self._pending.popitem(last=False)
+        self._held -= len(oldest.raw)
+        self._forget_pending(oldest.feedback.event_id)
+        self._evicted.append(oldest)
 
     def add_feedback(
         self,
@@ -150,10 +181,8 @@ class DecisionLog:
         pkey = (feedback.event_id, self._serial)
         self._pending[pkey] = PendingFeedback(feedback, raw, position, now, key, token)
         self._pending_by_id.setdefault(feedback.event_id, []).append(pkey)
-        if len(self._pending) > self.max_pending:
-            _, oldest = self._pending.popitem(last=False)
-            self._forget_pending(oldest.feedback.event_id)
-            self._evicted.append(oldest)
+        self._held += len(raw)
+        self._shrink()
         return None
 
     def _forget_pending(self, event_id: str) -> None:
@@ -175,12 +204,14 @@ class DecisionLog:
             if first.decided_at >= horizon:
                 break
             self._events.popitem(last=False)
+            self._held -= len(first.event.text)
         expired, self._evicted = self._evicted, []
         while self._pending:
             key, first_pending = next(iter(self._pending.items()))
             if first_pending.arrived_at >= horizon:
                 break
             del self._pending[key]
+            self._held -= len(first_pending.raw)
             self._forget_pending(first_pending.feedback.event_id)
             expired.append(first_pending)
         return expired

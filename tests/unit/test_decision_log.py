@@ -93,6 +93,24 @@ def test_capacity_bounds_events_and_pending_feedback() -> None:
     assert log.add_feedback(fb("4"), b"", None) is not None
 
 
+def test_capacity_bounds_the_bytes_held_oldest_first() -> None:
+    """Large events are bounded by size, not only by count: the oldest entry leaves first,
+    whichever side it is on, and waiting feedback pushed out still comes back."""
+    clock = Clock()
+    log = DecisionLog(ttl_s=1e9, max_bytes=100, clock=clock)
+    log.record(Event("a", "x" * 40), 0, "river")
+    clock.now = 1.0
+    log.add_feedback(fb("early"), b"y" * 40, None)
+    clock.now = 2.0
+    log.record(Event("b", "z" * 40), 0, "river")  # 120 held: the oldest, event a, leaves
+    assert log.add_feedback(fb("a"), b"{}", None) is None and log.pending == 2
+    clock.now = 3.0
+    log.record(Event("c", "w" * 40), 0, "river")  # now the waiting feedback is the oldest
+    assert [p.feedback.event_id for p in log.expire()] == ["early"]
+    assert log.add_feedback(fb("b"), b"", None) is not None  # b and c are still logged
+    assert log.add_feedback(fb("c"), b"", None) is not None
+
+
 def test_rejects_bad_bounds() -> None:
     with pytest.raises(ValueError):
         DecisionLog(ttl_s=0)
