@@ -414,6 +414,7 @@ def install(
                                           options.learn_batch_time_s):
             await learner.learn([e.message.value for e in events])
             if state_topic is None:  # nothing to publish: learned is done
+                metrics.model_version.set(cascade.version)  # (set at publication otherwise)
                 for event in events:
                     await stream.ack(event)
                 continue
