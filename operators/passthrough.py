@@ -14,6 +14,7 @@ from typing import Any
 
 from streamcascade.errors import RecordError
 from streamcascade.models.types import Decision
+from streamcascade.operators.acks import OffsetOrderAcks
 from streamcascade.operators.batching import micro_batches
 from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.install import (
@@ -56,7 +57,8 @@ def install_passthrough(
             freeze_heap()
         probe = asyncio.ensure_future(probe_loop_lag(metrics))
         try:
-            writer = PipelinedWriter(app, stream, send, options.max_in_flight_batches)
+            writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack), send,
+                                     options.max_in_flight_batches)
             async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
                 outgoing = []
                 now = time.monotonic()
