@@ -18,7 +18,7 @@ def test_the_pass_through_agent_writes_an_output_per_event(
     run = OperatorRun(kafka_bootstrap, new_topic, tmp_path, partitions=2)
     try:
         run.start_worker("--pass-through")
-        run.produce(run.event_records(stream) + [(b"bad", b"{not json")])
+        run.produce([*run.event_records(stream), (b"bad", b"{not json")])
         assert run.wait_answered({r.id for r in stream}, timeout=60), run.logs()
     finally:
         run.stop_all()
