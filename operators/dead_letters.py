@@ -16,7 +16,7 @@ from dataclasses import dataclass
 #: record that was too big to use still has room in its dead letter.
 MAX_BYTES = 16 * 1024 * 1024
 #: Room in a dead letter for all but the original (key, reason, detail, position).
-_ROOM = 256 * 1024
+_ROOM = 64 * 1024
 
 #: The record is not JSON, or not a JSON object.
 MALFORMED_JSON = "malformed_json"
@@ -67,10 +67,16 @@ class DeadLetter:
     key: bytes | None = None
 
 
-def keepable(raw: bytes) -> tuple[bytes, str]:
-    """What of ``raw`` a dead letter can carry, and a note for its detail when it had to be cut
-    (a dead letter the broker refused would stop the stream; this one says what is missing)."""
-    limit = (MAX_BYTES - _ROOM) // 4 * 3
+def original_limit(max_bytes: int = MAX_BYTES) -> int:
+    """The largest original a dead letter of at most ``max_bytes`` carries whole (base64)."""
+    return max(max_bytes - _ROOM, 0) // 4 * 3
+
+
+def keepable(raw: bytes, max_bytes: int = MAX_BYTES) -> tuple[bytes, str]:
+    """What of ``raw`` a dead letter of at most ``max_bytes`` can carry, and a note for its
+    detail when it had to be cut (a dead letter the broker refused would stop the stream; this
+    one says what is missing)."""
+    limit = original_limit(max_bytes)
     if len(raw) <= limit:
         return raw, ""
     digest = hashlib.sha256(raw).hexdigest()

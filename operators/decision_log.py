@@ -3,10 +3,10 @@
 Feedback may arrive before its event (a labelling team that is faster than the stream, or a
 replay) or after it. Both sides wait in the log for at most ``ttl_s`` seconds and the log holds at
 most ``max_events`` events and ``max_pending`` waiting feedback records, and at most
-``max_bytes`` of their texts and raw feedback together (events can be large), so memory is
-bounded however the streams behave. An event that expires unlabelled is simply forgotten
-(most events are never labelled); feedback that expires unmatched comes back from
-:meth:`DecisionLog.expire` so that the operator can dead-letter it.
+``max_bytes`` characters of event text and bytes of raw feedback together (events can be
+large), so memory is bounded however the streams behave. An event that expires unlabelled is
+simply forgotten (most events are never labelled); feedback that expires unmatched comes back
+from :meth:`DecisionLog.expire` so that the operator can dead-letter it.
 
 >>> from streamcascade.models.types import Event
 >>> from streamcascade.operators.codec import Feedback

@@ -39,7 +39,7 @@ from streamcascade.operators.operator import (
     write_all,
 )
 from streamcascade.operators.state_store import STATE_KEY, Snapshot, StateSigner, StateWatcher
-from streamcascade.operators.topics import partition_counts
+from streamcascade.operators.topics import partition_counts, topic_max_bytes
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,22 @@ class PipelinedWriter:
             await then()
 
 
+async def run_or_crash(app: Any, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run an agent's loop; an error the loop does not handle stops the worker.
+
+    Faust would restart the agent on the same stream with a fresh :class:`OffsetOrderAcks`: the
+    records the failed run holds would never be acked, and the new run's acks would reach Faust
+    around them (the gap it can commit past). A restarted worker reads them all again."""
+    try:
+        await loop()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("the %s agent failed; stopping the worker (its records are read again)",
+                      name)
+        await app.crash(exc)
+
+
 async def probe_loop_lag(metrics: OperatorMetrics, interval_s: float = 0.05) -> None:
     """Observe, every ``interval_s``, how late the event loop woke this task: the length of the
     stalls (a long callback, a GC pause, a busy machine) that every event waits out as well."""
@@ -327,6 +343,16 @@ def install(
 
     @app.task
     async def load_model_state() -> None:
+        if topics.dlq:
+            # A dead-letter topic made elsewhere (an older version, an admin, a user of attach)
+            # may take less than dl.MAX_BYTES: a dead letter it refused would stop the stream.
+            limit = await asyncio.get_running_loop().run_in_executor(
+                None, topic_max_bytes, bootstrap_of(app), topics.dlq)
+            if limit is not None and limit < dl.MAX_BYTES:
+                log.warning("dead-letter topic %s takes records of at most %d bytes: originals "
+                            "over about %d bytes are cut in their dead letters", topics.dlq,
+                            limit, dl.original_limit(limit))
+                operator.dead_letter_max_bytes = limit
         if topics.feedback:
             counts = await asyncio.get_running_loop().run_in_executor(
                 None, partition_counts, bootstrap_of(app))
@@ -368,14 +394,18 @@ def install(
         await ready.wait()
         writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack), send,
                                  options.max_in_flight_batches)
-        async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
-            outgoing = await operator.handle_events([record_of(e) for e in events],
-                                                    writer.write_early)
-            # Feedback that waited for these events is done once their demonstrations are
-            # written (it exists only where the feedback agent runs).
-            joined = operator.take_joined_feedback()
-            then = functools.partial(feedback_acks[0].done, joined) if joined else None
-            await writer.write_then_ack(outgoing, events, then)
+
+        async def loop() -> None:
+            async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
+                outgoing = await operator.handle_events([record_of(e) for e in events],
+                                                        writer.write_early)
+                # Feedback that waited for these events is done once their demonstrations are
+                # written (it exists only where the feedback agent runs).
+                joined = operator.take_joined_feedback()
+                then = functools.partial(feedback_acks[0].done, joined) if joined else None
+                await writer.write_then_ack(outgoing, events, then)
+
+        await run_or_crash(app, "operator", loop)
 
     handle.agents["operator"] = app.agent(
         raw_topic(app, topics.source), name=f"{prefix}-operator"
@@ -386,11 +416,16 @@ def install(
             await ready.wait()
             acks = OffsetOrderAcks(stream.ack)
             feedback_acks.append(acks)
-            async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
-                acks.track(events)
-                result = operator.handle_feedback([record_of(e) for e in events])
-                await write_all(send, result.outgoing)
-                await acks.done(result.ack)
+
+            async def loop() -> None:
+                async for events in micro_batches(stream, options.batch_size,
+                                                  options.batch_time_s):
+                    acks.track(events)
+                    result = operator.handle_feedback([record_of(e) for e in events])
+                    await write_all(send, result.outgoing)
+                    await acks.done(result.ack)
+
+            await run_or_crash(app, "feedback", loop)
 
         handle.agents["feedback"] = app.agent(sinks["feedback"], name=f"{prefix}-feedback")(
             feedback_agent

@@ -88,7 +88,8 @@ class OperatorMetrics:
         )
         self.quality = Gauge(
             "streamcascade_rolling_accuracy",
-            "Accuracy of the operator's answers on recent ground-truth feedback", registry=r,
+            "Accuracy of the operator's answers on recent ground-truth feedback (an event it "
+            "gave no answer, a dead letter, counts as wrong)", registry=r,
         )
         self.latency = Histogram(
             "streamcascade_decision_latency_seconds",

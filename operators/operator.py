@@ -111,11 +111,13 @@ class CascadeOperator:
         self.clock = clock
         self.labels = cascade.task.labels
         self._joined_tokens: list[Any] = []
+        #: The dead-letter topic's record limit (lowered at start to what the topic takes).
+        self.dead_letter_max_bytes = dl.MAX_BYTES
 
     # -- events ------------------------------------------------------------------------------
     def _letter(self, record: InRecord, reason: str, detail: str) -> Outgoing:
         self.metrics.dead_letters.labels(reason).inc()
-        raw, cut = dl.keepable(record.value or b"")
+        raw, cut = dl.keepable(record.value or b"", self.dead_letter_max_bytes)
         letter = dl.DeadLetter(raw, reason, record.position, detail + cut, record.key)
         return Outgoing("dlq", record.key, self.codec.encode_dead_letter(letter))
 
@@ -269,7 +271,7 @@ class CascadeOperator:
         self.metrics.dead_letters.labels(dl.FEEDBACK_UNMATCHED).inc()
         position = waiting.position or dl.SourcePosition("", -1, -1)
         detail = f"no event {waiting.feedback.event_id!r} within {self.decision_log.ttl_s:g} s"
-        raw, cut = dl.keepable(waiting.raw)
+        raw, cut = dl.keepable(waiting.raw, self.dead_letter_max_bytes)
         letter = dl.DeadLetter(raw, dl.FEEDBACK_UNMATCHED, position, detail + cut, waiting.key)
         return Outgoing("dlq", waiting.key, self.codec.encode_dead_letter(letter))
 

@@ -25,6 +25,7 @@ from streamcascade.operators.install import (
     probe_loop_lag,
     raw_topic,
     record_of,
+    run_or_crash,
     send_raw,
 )
 from streamcascade.operators.metrics import OperatorMetrics
@@ -56,9 +57,10 @@ def install_passthrough(
         if options.freeze_heap:
             freeze_heap()
         probe = asyncio.ensure_future(probe_loop_lag(metrics))
-        try:
-            writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack), send,
-                                     options.max_in_flight_batches)
+        writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack), send,
+                                 options.max_in_flight_batches)
+
+        async def loop() -> None:
             async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
                 outgoing = []
                 now = time.monotonic()
@@ -71,6 +73,9 @@ def install_passthrough(
                     value = codec.encode_output(decision, (now - record.received_at) * 1e3)
                     outgoing.append(Outgoing("output", codec.key(event.id), value))
                 await writer.write_then_ack(outgoing, events)
+
+        try:
+            await run_or_crash(app, "pass-through", loop)
         finally:
             probe.cancel()
 

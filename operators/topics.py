@@ -41,6 +41,20 @@ def partition_counts(bootstrap: str, timeout: float = 30.0) -> dict[str, int]:
     return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
 
 
+def topic_max_bytes(bootstrap: str, topic: str, timeout: float = 30.0) -> int | None:
+    """The largest record ``topic`` takes (its ``max.message.bytes``); None if unknown."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        configs = admin.describe_configs([resource], request_timeout=timeout)[resource].result(
+            timeout=timeout)
+        return int(configs["max.message.bytes"].value)
+    except Exception:  # no such topic, no rights to read its config, no cluster: not known
+        return None
+
+
 def ensure_topics(bootstrap: str, plan: TopicPlan, timeout: float = 30.0) -> dict[str, int]:
     """Create the plan's missing topics; refuse a feedback topic not co-partitioned with input.
 

@@ -57,3 +57,29 @@ def test_bad_events_and_feedback_become_dead_letters_while_the_stream_goes_on(
     failed = {json_id(d) for d in run.dead if d["reason"] == "llm_failed"}
     assert all(r.id in run.outputs or r.id in failed for r in stream[100:])
     assert sum(1 for r in stream if r.id in run.outputs) >= 290
+    # The harness made the dead-letter topic with the broker's default limit: the worker read it
+    # and cuts originals to fit (none of these needed it).
+    assert "takes records of at most 1048588 bytes" in (tmp_path / "worker-0.log").read_text()
+
+
+def test_the_dead_letter_topic_takes_dead_letters_of_large_records(
+    kafka_bootstrap: str, new_topic: Callable[..., str]
+) -> None:
+    """Made by the worker, the dead-letter topic takes dead letters of records near the broker's
+    default limit (base64 makes them 4/3 as big); one made elsewhere is read for its limit."""
+    import uuid
+
+    from confluent_kafka.admin import AdminClient
+
+    from streamcascade.operators import dead_letters as dl
+    from streamcascade.operators.topics import TopicPlan, ensure_topics, topic_max_bytes
+
+    name = f"dlq-{uuid.uuid4().hex[:8]}"
+    try:
+        ensure_topics(kafka_bootstrap, TopicPlan(new_topic(1), new_topic(1), dlq=name))
+        assert topic_max_bytes(kafka_bootstrap, name) == dl.MAX_BYTES
+    finally:
+        AdminClient({"bootstrap.servers": kafka_bootstrap}).delete_topics([name])
+    small = new_topic(1, **{"max.message.bytes": "1048588"})
+    assert topic_max_bytes(kafka_bootstrap, small) == 1048588
+    assert topic_max_bytes(kafka_bootstrap, "no-such-topic-" + name) is None

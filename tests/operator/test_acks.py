@@ -68,3 +68,26 @@ async def test_a_batch_written_first_waits_for_the_batch_read_before_it() -> Non
     deliveries[0].set_result(None)
     await asyncio.sleep(0.01)
     assert acked == [10, 11, 12]
+
+
+async def test_an_agent_error_stops_the_worker_rather_than_restart_the_agent() -> None:
+    """A restarted agent would track its stream afresh, and the failed run's held records would
+    never be acked: the worker stops instead, and a new one reads them again."""
+    from streamcascade.operators.install import run_or_crash
+
+    crashed: list[BaseException] = []
+
+    async def crash(exc: BaseException) -> None:
+        crashed.append(exc)
+
+    async def failing() -> None:
+        raise ConnectionError("a write failed")
+
+    async def fine() -> None:
+        return None
+
+    app = SimpleNamespace(crash=crash)
+    await run_or_crash(app, "feedback", fine)
+    assert crashed == []
+    await run_or_crash(app, "feedback", failing)
+    assert len(crashed) == 1 and isinstance(crashed[0], ConnectionError)

@@ -112,3 +112,8 @@ def test_a_dead_letter_always_fits_its_topic() -> None:
     assert len(letter) <= dl.MAX_BYTES
     assert huge.startswith(raw) and len(raw) < len(huge)
     assert str(len(huge)) in cut and hashlib.sha256(huge).hexdigest() in cut
+    # A dead-letter topic at the broker's default limit (made elsewhere): cut to fit it.
+    default_limit = 1_048_588
+    raw, cut = dl.keepable(near_limit, default_limit)
+    letter = RecordCodec.encode_dead_letter(dl.DeadLetter(raw, dl.OVERSIZED, position, cut))
+    assert len(letter) <= default_limit and len(raw) == dl.original_limit(default_limit)
