@@ -388,12 +388,21 @@ def install(
     app.on_before_shutdown.connect(stop_watcher)
     prefix = f"streamcascade-{topics.source}"
 
-    feedback_acks: list[OffsetOrderAcks] = []  # the feedback agent's, once it runs
+    # Each agent's ack tracker, once it runs.
+    input_acks: list[OffsetOrderAcks] = []
+    feedback_acks: list[OffsetOrderAcks] = []
+
+    @app.timer(1.0)
+    async def report_held_acks() -> None:
+        for name, trackers in (("input", input_acks), ("feedback", feedback_acks)):
+            if trackers:
+                metrics.acks_held.labels(name).set(trackers[0].held)
 
     async def operator_agent(stream: Any) -> None:
         await ready.wait()
         writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack), send,
                                  options.max_in_flight_batches)
+        input_acks.append(writer.acks)
 
         async def loop() -> None:
             async for events in micro_batches(stream, options.batch_size, options.batch_time_s):

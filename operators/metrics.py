@@ -98,6 +98,11 @@ class OperatorMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.acks_held = Gauge(
+            "streamcascade_acks_held",
+            "Records read and not yet acked, per stream: in flight, waiting (feedback for its "
+            "event), or behind one that is (acks go in offset order)", ["stream"], registry=r,
+        )
         self.loop_lag = Histogram(
             "streamcascade_event_loop_lag_seconds",
             "How late the event loop ran a periodic probe: time spent on one piece of work "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,14 @@ def test_bad_events_and_feedback_become_dead_letters_while_the_stream_goes_on(
         # Feedback: a label outside the task's labels, and a label for an event that never comes.
         run.send_feedback([(stream[0].id, "offensive")])
         run.send_feedback([("no-such-event", "hate")])
+        # It waits un-acked for its event (the 3 s TTL), and the gauge of held records says so.
+        seen_held = 0.0
+        for _ in range(25):
+            seen_held = run.metric(0, "streamcascade_acks_held", 'stream="feedback"')
+            if seen_held >= 1:
+                break
+            time.sleep(0.2)
+        assert seen_held >= 1, seen_held
         wanted = {"unknown_label", "feedback_unmatched"}
 
         def letters_of(reasons: set[str]) -> list[dict[str, object]]:
@@ -41,6 +50,15 @@ def test_bad_events_and_feedback_become_dead_letters_while_the_stream_goes_on(
             run.poll()
             if {d["reason"] for d in letters_of(wanted)} == wanted:
                 break
+        # Everything is answered, and the feedback that waited has expired: no record is held
+        # un-acked on either stream (the gauge is updated every second).
+        for _ in range(30):
+            held = [run.metric(0, "streamcascade_acks_held", f'stream="{s}"')
+                    for s in ("input", "feedback")]
+            if held == [0.0, 0.0]:
+                break
+            time.sleep(0.2)
+        assert held == [0.0, 0.0], held
     finally:
         run.stop_all()
     by_original = {base64.b64decode(str(d["original"])): d for d in run.dead}
