@@ -82,19 +82,21 @@ class Referee:
         """For each class the stage said (and, when given, its top probability), the estimated
         probability that the stage is right."""
         predicted = np.asarray(predicted, dtype=np.int64)
-        by_class = self.stage_won[predicted] / (self.judged[predicted] + self.prior)
         if top is None:
-            return np.asarray(by_class)
+            return np.asarray(self._class_rates()[predicted])
         if self._bin_rates is None:
             self._bin_rates = self._rates_by_bin()
         return np.asarray(self._bin_rates[predicted, self._bins(top)])
+
+    def _class_rates(self) -> np.ndarray:
+        return self.stage_won / (self.judged + self.prior)
 
     def _rates_by_bin(self) -> np.ndarray:
         # Bin by bin from the least sure, each shrunk toward the one below it (the class's rate
         # for the first): a surer answer is at least as often right, so a bin with little
         # evidence is credited like the less sure answers below it.
         rates = np.empty_like(self.judged_bins)
-        below = self.stage_won / (self.judged + self.prior)
+        below = self._class_rates()
         for b in range(rates.shape[1]):
             below = (self.stage_won_bins[:, b] + self.bin_prior * below) / (
                 self.judged_bins[:, b] + self.bin_prior)

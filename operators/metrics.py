@@ -166,8 +166,8 @@ class OperatorMetrics:
     def observe_llm_calls(self, decisions: Sequence[Decision]) -> None:
         """Count the LLM calls of a batch's decisions, answered or not (a failed call costs a
         call too, and an outage must show as calls, not as a falling LLM share alone)."""
-        llm = self.stages[-1]
-        calls = sum(1 for d in decisions if d.path and d.path[-1].split(":")[0] == llm)
+        asked = (self.stages[-1], f"{self.stages[-1]}:audit")  # a call's last step on a path
+        calls = sum(1 for d in decisions if d.path and d.path[-1] in asked)
         if calls:
             self.llm_calls.inc(calls)
 
