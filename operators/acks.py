@@ -43,6 +43,8 @@ class OffsetOrderAcks:
         self._ack = ack
         # Per partition, offset -> [record, done], in the order read (offsets rise within one).
         self._open: dict[Any, OrderedDict[int, list[Any]]] = {}
+        # Partitions taken away by a rebalance (see :meth:`forget`).
+        self._forgotten: set[Any] = set()
 
     @property
     def held(self) -> int:
@@ -55,14 +57,31 @@ class OffsetOrderAcks:
             message = record.message
             self._open.setdefault(message.tp, OrderedDict())[message.offset] = [record, False]
 
+    def forget(self, tps: Iterable[Any]) -> int:
+        """Partitions a rebalance took from this worker: drop their records, un-acked, and
+        return how many. Whoever owns a partition next reads them again from its last commit.
+        Acking them later would hand Faust offsets of a partition it no longer owns, or owns
+        again and has read again from an earlier offset (the gap above)."""
+        dropped = 0
+        for tp in tps:
+            dropped += len(self._open.pop(tp, ()))
+            self._forgotten.add(tp)
+        return dropped
+
     async def done(self, records: Iterable[Any]) -> None:
-        """Mark ``records`` done; ack every record now at the head of its partition and done."""
+        """Mark ``records`` done; ack every record now at the head of its partition and done.
+
+        A record read before its partition was forgotten is ignored (it is read again): one
+        that is not tracked, or whose offset is now tracked for the record read again."""
         touched = set()
         for record in records:
             message = record.message
             entry = self._open.get(message.tp, {}).get(message.offset)
-            if entry is None:  # never tracked: nothing is known to be before it
-                await self._ack(record)
+            if entry is None:
+                if message.tp not in self._forgotten:  # never tracked: nothing is before it
+                    await self._ack(record)
+                continue
+            if entry[0] is not record:
                 continue
             entry[1] = True
             touched.add(message.tp)

@@ -195,6 +195,24 @@ class DecisionLog:
         else:
             del self._pending_by_id[event_id]
 
+    def forget_feedback(self, positions: set[tuple[str, int]]) -> list[PendingFeedback]:
+        """Drop, and return, the waiting feedback read from these ``(topic, partition)``
+        positions (partitions a rebalance took away): their new owner reads it again, so it is
+        neither matched nor dead-lettered here."""
+        def gone(waiting: PendingFeedback) -> bool:
+            position = waiting.position
+            return position is not None and (position.topic, position.partition) in positions
+
+        dropped = [w for w in self._evicted if gone(w)]
+        self._evicted = [w for w in self._evicted if not gone(w)]
+        for key, waiting in list(self._pending.items()):
+            if gone(waiting):
+                del self._pending[key]
+                self._held -= len(waiting.raw)
+                self._forget_pending(waiting.feedback.event_id)
+                dropped.append(waiting)
+        return dropped
+
     def expire(self) -> list[PendingFeedback]:
         """Forget events older than the TTL; return feedback that waited longer than the TTL
         (or was pushed out by capacity): it will never be matched."""

@@ -392,6 +392,19 @@ def install(
     input_acks: list[OffsetOrderAcks] = []
     feedback_acks: list[OffsetOrderAcks] = []
 
+    async def forget_revoked(_sender: Any, revoked: set[Any], **_kwargs: Any) -> None:
+        # Records of partitions a rebalance took away are read again by their next owner (this
+        # worker too, if it gets them back): acking them, or dead-lettering their waiting
+        # feedback when it expires, would be wrong here.
+        dropped = sum(acks.forget(revoked) for acks in input_acks + feedback_acks)
+        waiting = decision_log.forget_feedback({(tp.topic, tp.partition) for tp in revoked})
+        if dropped or waiting:
+            log.info("partitions revoked: %d records left un-acked, %d waiting feedback "
+                     "records forgotten; their next owner reads them again", dropped,
+                     len(waiting))
+
+    app.on_partitions_revoked.connect(forget_revoked)
+
     @app.timer(1.0)
     async def report_held_acks() -> None:
         for name, trackers in (("input", input_acks), ("feedback", feedback_acks)):

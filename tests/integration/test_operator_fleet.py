@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from operator_harness import OperatorRun, rows
+from operator_harness import OperatorRun, json_id, rows
 
 
 def test_two_workers_share_partitions_and_serve_one_model_state(
@@ -80,3 +80,62 @@ def test_two_workers_share_partitions_and_serve_one_model_state(
     assert versions == sorted(versions)
     # Answers from both workers carry the learner's versions.
     assert max(run.last_output(i)["model_version"] for i in run.outputs) > 0
+
+
+def test_feedback_waiting_when_a_worker_joins_is_joined_once_by_its_new_owner(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """Feedback that waits un-acked for its event when a rebalance moves its partition is read
+    again by the partition's next owner. The worker that read it first forgets it: no
+    ``feedback_unmatched`` dead letter for it when its time-to-live passes, and no second join
+    where a worker keeps the partition and reads its feedback again."""
+    ttl = 15.0
+    everything = rows(700)
+    stream, warm = everything[:200], everything[200:]
+    run = OperatorRun(kafka_bootstrap, new_topic, tmp_path, partitions=4,
+                      worker_args=("--warmup", "50", "--decision-ttl", str(ttl)))
+    sent_warm = 0
+
+    def settle(worker: int) -> None:
+        """Unlabelled events until ``worker`` answers some: it reads its partitions."""
+        nonlocal sent_warm
+        while run.metric(worker, "streamcascade_events_in_total") <= 0:
+            assert sent_warm < len(warm), run.logs()
+            run.produce(run.event_records(warm[sent_warm : sent_warm + 10]))
+            sent_warm += 10
+            run.poll()
+            time.sleep(0.5)
+
+    try:
+        run.start_worker()
+        run.wait_ready()
+        settle(0)
+        # Ground truth for events not produced yet: it waits at the only worker.
+        run.send_feedback([(r.id, r.label or "") for r in stream])
+        deadline = time.monotonic() + 30
+        while run.metric(0, "streamcascade_acks_held", 'stream="feedback"') < len(stream):
+            assert time.monotonic() < deadline, run.logs()
+            time.sleep(0.3)
+        run.start_worker()
+        run.wait_ready()
+        settle(1)
+        run.produce(run.event_records(stream))
+        assert run.wait_answered({r.id for r in stream}, timeout=60), run.logs()
+        # Past the time-to-live of the feedback the first worker read before the rebalance.
+        deadline = time.monotonic() + ttl + 5
+        while time.monotonic() < deadline:
+            run.poll()
+            time.sleep(0.5)
+        joined = [run.metric(w, "streamcascade_feedback_total", 'source="ground_truth"')
+                  for w in (0, 1)]
+    finally:
+        run.stop_all()
+    # (The LLM's answers for the warm-up events that the first worker published, joined, and had
+    # not yet committed come back to the new owner, which never saw their events: those do
+    # expire into dead letters, duplicates of what was learned.)
+    ids = {r.id for r in stream}
+    unmatched = [d for d in run.dead
+                 if d["reason"] == "feedback_unmatched" and json_id(d) in ids]
+    assert unmatched == [], (len(unmatched), joined)
+    # Each label joined its event exactly once, on the worker that answered it.
+    assert sum(joined) == len(stream) and min(joined) > 0, joined

@@ -36,6 +36,30 @@ async def test_a_record_waits_for_every_earlier_record_of_its_partition() -> Non
     assert acked[-1] == ("c", 4)
 
 
+async def test_records_of_a_revoked_partition_are_left_for_their_next_owner() -> None:
+    """After a rebalance the partition is read again from its last commit: what was read before
+    is never acked, though it finishes later, and the records read again are acked as usual."""
+    acked: list[tuple[str, int]] = []
+
+    async def ack(record: Any) -> None:
+        acked.append((record.message.tp, record.message.offset))
+
+    acks = OffsetOrderAcks(ack)
+    before, kept = records("a", 0, 1, 2), records("b", 0)
+    acks.track(before + kept)
+    await acks.done(before[1:])  # 0 is in flight, 1-2 wait behind it
+    assert acks.forget({"a"}) == 3 and acks.held == 1
+    again = records("a", 0, 1)  # the same partition back, read again from offset 0
+    acks.track(again)
+    await acks.done(before)  # the first reading finishes: not this worker's to ack any more
+    assert acked == []
+    await acks.done(again + kept)
+    assert acked == [("a", 0), ("a", 1), ("b", 0)]
+    # A partition never tracked has nothing before it; a forgotten one is never acked blindly.
+    await acks.done(records("a", 9) + records("c", 4))
+    assert acked[3:] == [("c", 4)]
+
+
 async def test_a_batch_written_first_waits_for_the_batch_read_before_it() -> None:
     import asyncio
 

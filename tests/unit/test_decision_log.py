@@ -111,6 +111,24 @@ def test_capacity_bounds_the_bytes_held_oldest_first() -> None:
     assert log.add_feedback(fb("c"), b"", None) is not None
 
 
+def test_feedback_of_revoked_partitions_leaves_without_a_dead_letter() -> None:
+    clock = Clock()
+    log = DecisionLog(ttl_s=10, max_pending=2, clock=clock)
+    log.add_feedback(fb("a"), b"aa", SourcePosition("fb", 0, 1), token="a")
+    log.add_feedback(fb("b"), b"bb", SourcePosition("fb", 1, 1), token="b")
+    log.add_feedback(fb("c"), b"cc", SourcePosition("fb", 0, 2), token="c")  # pushes "a" out
+    forgotten = log.forget_feedback({("fb", 0)})
+    assert sorted(w.token for w in forgotten) == ["a", "c"]
+    assert log.pending == 1
+    # Neither matches nor expires here any more; the other partition's feedback still does.
+    assert log.record(Event("c", "text c"), predicted=0, stage="river") == []
+    clock.now = 20.0
+    assert [w.token for w in log.expire()] == ["b"]
+    log.add_feedback(fb("d"), b"dd", SourcePosition("fb", 0, 3))
+    assert log.forget_feedback({("fb", 0)})[0].raw == b"dd"
+    assert log.pending == 0
+
+
 def test_rejects_bad_bounds() -> None:
     with pytest.raises(ValueError):
         DecisionLog(ttl_s=0)
