@@ -397,6 +397,7 @@ def install(
         # worker too, if it gets them back): acking them, or dead-lettering their waiting
         # feedback when it expires, would be wrong here.
         dropped = sum(acks.forget(revoked) for acks in input_acks + feedback_acks)
+        dropped += learner.forget(revoked)
         waiting = decision_log.forget_feedback({(tp.topic, tp.partition) for tp in revoked})
         if dropped or waiting:
             log.info("partitions revoked: %d records left un-acked, %d waiting feedback "
@@ -469,7 +470,8 @@ def install(
         learner_streams.append(stream)
         async for events in micro_batches(stream, options.learn_batch_size,
                                           options.learn_batch_time_s):
-            await learner.learn([e.message.value for e in events])
+            await learner.learn([e.message.value for e in events],
+                                [(e.message.tp, e.message.offset) for e in events])
             if state_topic is None:  # nothing to publish: learned is done
                 metrics.model_version.set(cascade.version)  # (set at publication otherwise)
                 for event in events:

@@ -87,17 +87,28 @@ class Learner:
         #: The newest version this worker knows is published (its own, or loaded from the topic).
         self.published_version = int(cascade.version)
         self._unacked: list[Any] = []
+        # Per demonstrations partition, the offset after the last demonstration this cascade
+        # learned: a rebalance sends the partition back to its last commit, and what a worker
+        # read again it has already learned (at least once, not twice, while it keeps it).
+        self._learned_next: dict[Any, int] = {}
         self._last_publish = float("-inf")  # the first publish is due at once
         self._lock = asyncio.Lock()
 
-    async def learn(self, values: Sequence[bytes | None]) -> int:
+    async def learn(self, values: Sequence[bytes | None],
+                    positions: Sequence[tuple[Any, int]] | None = None) -> int:
         """Learn a batch of demonstration records; returns how many were usable.
+
+        ``positions`` (partition, offset) of each record, when given, let the learner skip the
+        records it has learned already (read again after a rebalance; counted as
+        ``already_learned``).
 
         It learns ``learn_slice`` demonstrations at a time and lets the event loop turn between
         slices, so that answering never waits for a whole batch of learning. It waits while a
         state is being published (see :meth:`maybe_publish`): records learned meanwhile would be
         acked with a state that does not include them.
         """
+        if positions is not None:
+            values = self._not_learned_yet(values, positions)
         labels = self.cascade.task.labels
         demos = [d for d in (decode_demonstration(v, labels) for v in values) if d is not None]
         if len(demos) < len(values):
@@ -109,6 +120,19 @@ class Learner:
                     await asyncio.sleep(0)
                 learned += self._learn_now(demos[start:start + self.learn_slice])
         return learned
+
+    def _not_learned_yet(self, values: Sequence[bytes | None],
+                         positions: Sequence[tuple[Any, int]]) -> list[bytes | None]:
+        fresh = []
+        for value, (partition, offset) in zip(values, positions, strict=True):
+            if offset < self._learned_next.get(partition, -1):
+                continue
+            self._learned_next[partition] = offset + 1
+            fresh.append(value)
+        if len(fresh) < len(values):
+            self.metrics.demonstrations_skipped.labels("already_learned").inc(
+                len(values) - len(fresh))
+        return fresh
 
     def _learn_now(self, demos: Sequence[Demonstration]) -> int:
         try:
@@ -128,6 +152,13 @@ class Learner:
     def hold(self, handles: Sequence[Any]) -> None:
         """Keep these records un-acked until a state that includes them is published."""
         self._unacked.extend(handles)
+
+    def forget(self, tps: set[Any]) -> int:
+        """Drop the held records of partitions a rebalance took away (Faust events), un-acked:
+        the partition's next owner reads them again. Returns how many."""
+        kept = [h for h in self._unacked if h.message.tp not in tps]
+        dropped, self._unacked = len(self._unacked) - len(kept), kept
+        return dropped
 
     async def maybe_publish(
         self, ack: Callable[[Any], Awaitable[Any]], force: bool = False

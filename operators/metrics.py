@@ -127,8 +127,9 @@ class OperatorMetrics:
         )
         self.demonstrations_skipped = Counter(
             "streamcascade_demonstrations_skipped_total",
-            "Demonstrations not learned (each logged): a malformed record, or a learning step "
-            "that raised", ["reason"], registry=r,
+            "Demonstrations not learned: a malformed record or a learning step that raised "
+            "(each logged), or one read again after a rebalance and learned already",
+            ["reason"], registry=r,
         )
         # Rolling windows, kept with running counts so that a batch costs O(batch), not O(window).
         self._answered_at: deque[int] = deque()

@@ -11,6 +11,7 @@ import gzip
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -183,6 +184,41 @@ async def test_learner_publishes_signed_state_that_another_worker_loads(records_
     for a, b in zip(op.cascade.stages, other.cascade.stages, strict=True):
         assert (a.predict_proba(texts) == b.predict_proba(texts)).all()
     assert out  # the batch was answered
+
+
+async def test_demonstrations_read_again_after_a_rebalance_are_not_learned_twice(
+        records_file: Path) -> None:
+    """A rebalance sends the demonstrations partition back to its last commit: a learner that
+    keeps it reads again what it learned (and has not published); it learns each record once,
+    and drops its held records of a partition it loses, for their next owner."""
+    op = make_operator(records_file, warmup=20)
+    rows = read_stream(records_file)[:30]
+    demos = [json.dumps({"id": r.id, "text": r.text, "label": r.label, "source": "ground_truth"})
+             .encode() for r in rows]
+
+    async def publish(blob: bytes) -> None:
+        raise AssertionError("not due")
+
+    learner = Learner(op.cascade, StateSigner(KEY), publish, op.metrics, publish_interval_s=3600)
+    tp = ("demonstrations", 0)
+    assert await learner.learn(demos[:20], [(tp, o) for o in range(20)]) == 20
+    version = op.cascade.version
+    # Read again from offset 10 (the last commit), and on to 30.
+    assert await learner.learn(demos[10:], [(tp, o) for o in range(10, 30)]) == 10
+    assert op.metrics.demonstrations_skipped.labels("already_learned")._value.get() == 10
+    assert op.metrics.demonstrations.labels("ground_truth")._value.get() == 30
+    assert op.cascade.version > version
+    held = [SimpleNamespace(message=SimpleNamespace(tp=t, offset=1)) for t in (tp, "other")]
+    learner.hold(held)
+    assert learner.forget({tp}) == 1
+    acked: list[Any] = []
+
+    async def ack(handle: Any) -> None:
+        acked.append(handle)
+
+    learner.publish = lambda blob: asyncio.sleep(0)  # type: ignore[method-assign,assignment]
+    assert await learner.maybe_publish(ack, force=True)
+    assert acked == held[1:]
 
 
 async def test_learning_lets_the_event_loop_turn_between_slices(records_file: Path) -> None:
