@@ -20,6 +20,7 @@ from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.install import (
     OperatorOptions,
     PipelinedWriter,
+    back_off_failed_metadata_updates,
     freeze_heap,
     low_latency_fetch,
     probe_loop_lag,
@@ -48,6 +49,7 @@ def install_passthrough(
     if metrics_port is not None:
         metrics.serve(metrics_port)
     low_latency_fetch(app, options.fetch_max_wait_ms)
+    back_off_failed_metadata_updates()
     out_topic = raw_topic(app, sink)
 
     async def send(record: Outgoing) -> Any:

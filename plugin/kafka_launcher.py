@@ -521,7 +521,25 @@ class LocalKafka:
         broker_archive = _archive_path(jars, java, "broker")
         if shares_classes:
             jvm += _archive_flags(broker_archive, self.data_dir / _BROKER_ARCHIVE)
+        return self._launch(jvm, config, port, controller_port,
+                            broker_archive if shares_classes else None)
 
+    def restart(self) -> str:
+        """Stop the broker (SIGTERM, as an operator's restart would) and start it again on the same
+        ports with the same data: topics, records and committed offsets survive."""
+        if self.state is None:
+            raise KafkaLauncherError("the broker is not started")
+        port, controller_port = self.state.port, self.state.controller_port
+        self.stop()
+        jars = resolve_jars(self.settings)
+        jvm = [java_executable(), f"-Xmx{self.heap}", *JVM_FLAGS,
+               f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+               "-cp", f"{jars}{os.sep}*"]  # fmt: skip
+        return self._launch(jvm, self.data_dir / "server.properties", port, controller_port, None)
+
+    def _launch(self, jvm: list[str], config: Path, port: int, controller_port: int,
+                broker_archive: Path | None) -> str:
+        """Run the broker on formatted storage and wait until a client can use it."""
         started_at = time.time()
         with (self.data_dir / LOG_FILE).open("ab") as log_fh:
             self._popen = subprocess.Popen(
@@ -541,7 +559,7 @@ class LocalKafka:
             version=kafka_version(),
             started_at=started_at,
             cds_archive=str(broker_archive)
-            if shares_classes and not broker_archive.is_file()
+            if broker_archive is not None and not broker_archive.is_file()
             else "",
         )
         (self.data_dir / STATE_FILE).write_text(json.dumps(dataclasses.asdict(self.state)))

@@ -107,6 +107,10 @@ class OperatorRun:
         return "\n".join(p.read_text(errors="replace")[-3000:]
                          for p in sorted(self.tmp_path.glob("worker-*.log")))
 
+    def logs_whole(self) -> str:
+        return "\n".join(p.read_text(errors="replace")
+                         for p in sorted(self.tmp_path.glob("worker-*.log")))
+
     def metric(self, worker: int, name: str, labels: str = "") -> float:
         """A metric's value from worker ``worker``'s endpoint, summed over the series whose
         labels contain ``labels`` (``'source="llm"'``); -1 if the endpoint is down."""
