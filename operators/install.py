@@ -180,7 +180,7 @@ def back_off_failed_metadata_updates() -> None:
         return updated
 
     metadata_update._streamcascade = True  # type: ignore[attr-defined]
-    AIOKafkaClient._metadata_update = metadata_update  # type: ignore[method-assign]
+    AIOKafkaClient._metadata_update = metadata_update
 
 
 class PipelinedWriter:
