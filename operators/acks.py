@@ -31,20 +31,53 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 
+class Revocations:
+    """Which records were read before a rebalance took their partition from this worker.
+
+    A rebalance sends a partition back to its last commit, for its next owner to read again,
+    this worker too if it keeps it. Records read before it are *stale*: this worker must not ack
+    them (that could commit past a record nobody has done) or act on them, wherever they are:
+    tracked, in a batch being answered, or collected and not yet handed over (Faust hands those
+    to the agent after the revoke). Faust stamps every record with the consumer generation it
+    was read in, and generations only go up.
+    """
+
+    def __init__(self) -> None:
+        self._stale_through: dict[Any, int] = {}  # partition -> last generation it was revoked
+
+    def revoke(self, tps: Iterable[Any], generation: int) -> None:
+        """``tps`` were revoked while the consumer was in ``generation``."""
+        for tp in tps:
+            self._stale_through[tp] = max(generation, self._stale_through.get(tp, generation))
+
+    def is_stale(self, record: Any) -> bool:
+        message = record.message
+        through = self._stale_through.get(message.tp)
+        if through is None:
+            return False
+        generation = getattr(message, "generation_id", None)
+        return generation is None or generation <= through
+
+    def fresh(self, records: Iterable[Any]) -> list[Any]:
+        """``records`` less the stale ones (their partition's next owner handles them)."""
+        return [r for r in records if not self.is_stale(r)]
+
+
 class OffsetOrderAcks:
     """Tracks a stream's records from when they are read, and acks each partition's records in
     offset order as they are marked done.
 
     ``ack`` is the stream's ack (``stream.ack``); records are Faust events (``event.message``
-    has ``tp`` and ``offset``).
+    has ``tp``, ``offset`` and ``generation_id``). Records that ``revocations`` finds stale are
+    neither tracked nor acked.
     """
 
-    def __init__(self, ack: Callable[[Any], Awaitable[Any]]) -> None:
+    def __init__(self, ack: Callable[[Any], Awaitable[Any]],
+                 revocations: Revocations | None = None) -> None:
         self._ack = ack
+        self.revocations = revocations or Revocations()
         # Per partition, offset -> [record, done], in the order read (offsets rise within one).
         self._open: dict[Any, OrderedDict[int, list[Any]]] = {}
-        # Partitions taken away by a rebalance (see :meth:`forget`).
-        self._forgotten: set[Any] = set()
 
     @property
     def held(self) -> int:
@@ -53,33 +86,26 @@ class OffsetOrderAcks:
 
     def track(self, records: Iterable[Any]) -> None:
         """Records just read, in the order read; call before any of them is marked done."""
-        for record in records:
+        for record in self.revocations.fresh(records):
             message = record.message
             self._open.setdefault(message.tp, OrderedDict())[message.offset] = [record, False]
 
     def forget(self, tps: Iterable[Any]) -> int:
-        """Partitions a rebalance took from this worker: drop their records, un-acked, and
-        return how many. Whoever owns a partition next reads them again from its last commit.
-        Acking them later would hand Faust offsets of a partition it no longer owns, or owns
-        again and has read again from an earlier offset (the gap above)."""
-        dropped = 0
-        for tp in tps:
-            dropped += len(self._open.pop(tp, ()))
-            self._forgotten.add(tp)
-        return dropped
+        """Drop the tracked records of partitions just revoked (see :class:`Revocations`),
+        un-acked; return how many."""
+        return sum(len(self._open.pop(tp, ())) for tp in tps)
 
     async def done(self, records: Iterable[Any]) -> None:
         """Mark ``records`` done; ack every record now at the head of its partition and done.
 
-        A record read before its partition was forgotten is ignored (it is read again): one
-        that is not tracked, or whose offset is now tracked for the record read again."""
+        A stale record is ignored, and so is one whose offset is tracked for another record
+        (read again)."""
         touched = set()
-        for record in records:
+        for record in self.revocations.fresh(records):
             message = record.message
             entry = self._open.get(message.tp, {}).get(message.offset)
-            if entry is None:
-                if message.tp not in self._forgotten:  # never tracked: nothing is before it
-                    await self._ack(record)
+            if entry is None:  # never tracked: nothing is known to be before it
+                await self._ack(record)
                 continue
             if entry[0] is not record:
                 continue

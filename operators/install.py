@@ -23,7 +23,7 @@ from typing import Any
 
 from streamcascade.errors import ConfigurationError
 from streamcascade.operators import dead_letters as dl
-from streamcascade.operators.acks import OffsetOrderAcks
+from streamcascade.operators.acks import OffsetOrderAcks, Revocations
 from streamcascade.operators.batching import DEFAULT_BATCH_TIME_S, micro_batches
 from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.dead_letters import SourcePosition
@@ -160,7 +160,7 @@ def low_latency_fetch(app: Any, max_wait_ms: int) -> None:
 def back_off_failed_metadata_updates() -> None:
     """Wait aiokafka's ``retry_backoff_ms`` after a failed cluster metadata update.
 
-    While the broker is down, aiokafka 0.12's producer and fetcher ask for a metadata update as
+    While the broker is down, aiokafka's (0.14) producer and fetcher ask for a metadata update as
     soon as the last one failed, and a refused connection fails at once: a tight loop that
     burned the worker's CPU and logged two errors per round, about 3,600 lines a second (16,110
     lines in a 4 s broker restart, ``test_operator_broker_restart``). With the wait, a round
@@ -169,14 +169,14 @@ def back_off_failed_metadata_updates() -> None:
     """
     from aiokafka.client import AIOKafkaClient
 
-    update = AIOKafkaClient._metadata_update
-    if getattr(update, "_streamcascade", False):
-        return
+    update = getattr(AIOKafkaClient, "_metadata_update", None)
+    if update is None or getattr(update, "_streamcascade", False):
+        return  # (a private method: another aiokafka may not have it; then nothing to mend)
 
-    async def metadata_update(self: Any, cluster_metadata: Any, topics: Any) -> bool:
-        updated: bool = await update(self, cluster_metadata, topics)
-        if not updated:
-            await asyncio.sleep(self._retry_backoff)
+    async def metadata_update(self: Any, *args: Any, **kwargs: Any) -> Any:
+        updated = await update(self, *args, **kwargs)
+        if updated is False:
+            await asyncio.sleep(getattr(self, "_retry_backoff", 0.1))
         return updated
 
     metadata_update._streamcascade = True  # type: ignore[attr-defined]
@@ -355,6 +355,7 @@ def install(
         if snapshot.version <= cascade.version:  # never roll back (the learner may be ahead)
             return
         cascade.load_state(snapshot.payload)
+        learner.state_replaced()
         learner.published_version = max(learner.published_version, snapshot.version)
         metrics.model_version.set(cascade.version)
         log.info("loaded model state version %d", snapshot.version)
@@ -418,11 +419,13 @@ def install(
     # Each agent's ack tracker, once it runs.
     input_acks: list[OffsetOrderAcks] = []
     feedback_acks: list[OffsetOrderAcks] = []
+    revocations = Revocations()
 
     async def forget_revoked(_sender: Any, revoked: set[Any], **_kwargs: Any) -> None:
         # Records of partitions a rebalance took away are read again by their next owner (this
-        # worker too, if it gets them back): acking them, or dead-lettering their waiting
-        # feedback when it expires, would be wrong here.
+        # worker too, if it gets them back): acking them, acting on them, or dead-lettering
+        # their waiting feedback when it expires, would be wrong here.
+        revocations.revoke(revoked, int(app.consumer_generation_id))
         dropped = sum(acks.forget(revoked) for acks in input_acks + feedback_acks)
         dropped += learner.forget(revoked)
         waiting = decision_log.forget_feedback({(tp.topic, tp.partition) for tp in revoked})
@@ -441,12 +444,15 @@ def install(
 
     async def operator_agent(stream: Any) -> None:
         await ready.wait()
-        writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack), send,
+        writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack, revocations), send,
                                  options.max_in_flight_batches)
         input_acks.append(writer.acks)
 
         async def loop() -> None:
-            async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
+            async for batch in micro_batches(stream, options.batch_size, options.batch_time_s):
+                events = revocations.fresh(batch)  # (collected before a revoke: not ours)
+                if not events:
+                    continue
                 outgoing = await operator.handle_events([record_of(e) for e in events],
                                                         writer.write_early)
                 # Feedback that waited for these events is done once their demonstrations are
@@ -464,12 +470,15 @@ def install(
     if topics.feedback:
         async def feedback_agent(stream: Any) -> None:
             await ready.wait()
-            acks = OffsetOrderAcks(stream.ack)
+            acks = OffsetOrderAcks(stream.ack, revocations)
             feedback_acks.append(acks)
 
             async def loop() -> None:
-                async for events in micro_batches(stream, options.batch_size,
-                                                  options.batch_time_s):
+                async for batch in micro_batches(stream, options.batch_size,
+                                                 options.batch_time_s):
+                    events = revocations.fresh(batch)
+                    if not events:
+                        continue
                     acks.track(events)
                     result = operator.handle_feedback([record_of(e) for e in events])
                     await write_all(send, result.outgoing)
@@ -495,8 +504,11 @@ def install(
         await ready.wait()
         learner.published_version = max(learner.published_version, int(cascade.version))
         learner_streams.append(stream)
-        async for events in micro_batches(stream, options.learn_batch_size,
-                                          options.learn_batch_time_s):
+        async for batch in micro_batches(stream, options.learn_batch_size,
+                                         options.learn_batch_time_s):
+            events = revocations.fresh(batch)
+            if not events:
+                continue
             await learner.learn([e.message.value for e in events],
                                 [(e.message.tp, e.message.offset) for e in events])
             if state_topic is None:  # nothing to publish: learned is done

@@ -91,6 +91,10 @@ class Learner:
         # learned: a rebalance sends the partition back to its last commit, and what a worker
         # read again it has already learned (at least once, not twice, while it keeps it).
         self._learned_next: dict[Any, int] = {}
+        # Whether this worker is the learner: it stops publishing when a rebalance takes its
+        # demonstrations partition (the next learner goes on from the last commit), and starts
+        # again when it learns.
+        self._learning = True
         self._last_publish = float("-inf")  # the first publish is due at once
         self._lock = asyncio.Lock()
 
@@ -108,6 +112,7 @@ class Learner:
         acked with a state that does not include them.
         """
         if positions is not None:
+            self._learning = True
             values = self._not_learned_yet(values, positions)
         labels = self.cascade.task.labels
         demos = [d for d in (decode_demonstration(v, labels) for v in values) if d is not None]
@@ -154,11 +159,19 @@ class Learner:
         self._unacked.extend(handles)
 
     def forget(self, tps: set[Any]) -> int:
-        """Drop the held records of partitions a rebalance took away (Faust events), un-acked:
-        the partition's next owner reads them again. Returns how many."""
+        """A rebalance took ``tps``: drop their held records (Faust events), un-acked, for the
+        partition's next owner to read again, and stop publishing until this worker learns
+        again (it may no longer be the learner). Returns how many records were dropped."""
+        if self._learned_next.keys() & tps:
+            self._learning = False
         kept = [h for h in self._unacked if h.message.tp not in tps]
         dropped, self._unacked = len(self._unacked) - len(kept), kept
         return dropped
+
+    def state_replaced(self) -> None:
+        """The cascade now holds another worker's state: what this worker had learned, and so
+        which demonstrations to skip as learned, no longer holds."""
+        self._learned_next.clear()
 
     async def maybe_publish(
         self, ack: Callable[[Any], Awaitable[Any]], force: bool = False
@@ -166,7 +179,7 @@ class Learner:
         """Publish the state if it changed and the interval has passed; then ack what it covers."""
         async with self._lock:
             due = time.monotonic() - self._last_publish >= self.publish_interval_s
-            if not (force or due):
+            if not self._learning or not (force or due):
                 return False
             version = int(self.cascade.version)
             if version > self.published_version:

@@ -14,7 +14,7 @@ from typing import Any
 
 from streamcascade.errors import RecordError
 from streamcascade.models.types import Decision
-from streamcascade.operators.acks import OffsetOrderAcks
+from streamcascade.operators.acks import OffsetOrderAcks, Revocations
 from streamcascade.operators.batching import micro_batches
 from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.install import (
@@ -59,11 +59,19 @@ def install_passthrough(
         if options.freeze_heap:
             freeze_heap()
         probe = asyncio.ensure_future(probe_loop_lag(metrics))
-        writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack), send,
+        revocations = Revocations()
+        writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack, revocations), send,
                                  options.max_in_flight_batches)
 
+        async def forget_revoked(_sender: Any, revoked: set[Any], **_kwargs: Any) -> None:
+            revocations.revoke(revoked, int(app.consumer_generation_id))  # as the operator
+            writer.acks.forget(revoked)
+
+        app.on_partitions_revoked.connect(forget_revoked)
+
         async def loop() -> None:
-            async for events in micro_batches(stream, options.batch_size, options.batch_time_s):
+            async for batch in micro_batches(stream, options.batch_size, options.batch_time_s):
+                events = revocations.fresh(batch)
                 outgoing = []
                 now = time.monotonic()
                 for record in (record_of(e) for e in events):

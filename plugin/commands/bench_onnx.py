@@ -168,6 +168,10 @@ def run_benchmark(model_dir: Path, *, threads: int, events: int, rounds: int, ma
 
     torch_names = [n for n in ("torch_transformers", "torch_encoder") if n in table]
     torch_best = max(torch_names, key=eps)
+    from streamcascade.onnx_exports.manifest import model_spec
+
+    config = json.loads((model_spec(manifest.model).source_dir() / "config.json").read_text())
+    flops_per_event = sum(_encoder_flops(config, ids.shape) for ids, _ in batches[32]) / len(texts)
     result: dict[str, Any] = {
         "onnx_vs_torch_batch32": round(eps("onnx_fp32") / eps(torch_best), 3),
         "int8_vs_fp32_batch32": round(eps("onnx_int8") / eps("onnx_fp32"), 3)
@@ -180,6 +184,7 @@ def run_benchmark(model_dir: Path, *, threads: int, events: int, rounds: int, ma
         "torch_baseline": torch_best,
         "fp32_max_abs_diff_vs_torch": float(np.abs(outputs["onnx_fp32"]
                                                    - outputs["torch_encoder"]).max()),
+        "roofline": _roofline(table, flops_per_event, _fp32_peak_gflops(threads), torch_best),
         "table": table,
         "setup": {
             "model": manifest.model, "model_dir": str(model_dir), "threads": threads,
@@ -194,6 +199,51 @@ def run_benchmark(model_dir: Path, *, threads: int, events: int, rounds: int, ma
         },
     }
     return result
+
+
+def _encoder_flops(config: dict[str, Any], shape: tuple[int, int]) -> float:
+    """Floating-point operations of one encoder pass over a padded batch of ``shape`` (texts,
+    tokens): the layers' matrix products (2 per multiply-add), attention's two products
+    included; embeddings, norms, softmax and pooling are small and left out."""
+    texts, tokens = shape
+    hidden, inner = config["hidden_size"], config["intermediate_size"]
+    per_token = 2 * (4 * hidden * hidden + 2 * hidden * inner)  # Q, K, V, output; two FFN
+    attention = 2 * 2 * tokens * hidden  # per token: scores against every token, then values
+    return float(config["num_hidden_layers"] * texts * tokens * (per_token + attention))
+
+
+def _fp32_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """The fp32 matrix-product rate this machine reaches with ``threads`` threads: the best of a
+    few large square products in torch (the rate the encoders' own products approach)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _roofline(table: dict[str, dict[str, Any]], flops_per_event: float, peak: float,
+              torch_best: str) -> dict[str, Any]:
+    """How close each engine comes, at batch 32, to the machine's fp32 product rate, and so the
+    largest fp32 speed-up over torch that any engine could reach here."""
+    achieved = {name: round(row["32"]["events_per_s"] * flops_per_event / 1e9, 1)
+                for name, row in table.items()}
+    return {
+        "fp32_peak_gflops": round(peak, 1),
+        "flops_per_event_batch32": round(flops_per_event),
+        "gflops_batch32": achieved,
+        "share_of_fp32_peak_batch32": {n: round(g / peak, 3) for n, g in achieved.items()},
+        "fp32_ceiling_vs_torch_batch32": round(peak / achieved[torch_best], 3),
+        "note": "int8 runs integer products, so its share may exceed 1",
+    }
 
 
 def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from streamcascade.operators.acks import OffsetOrderAcks
+from streamcascade.operators.acks import OffsetOrderAcks, Revocations
 
 
 def records(tp: str, *offsets: int) -> list[Any]:
@@ -36,28 +36,43 @@ async def test_a_record_waits_for_every_earlier_record_of_its_partition() -> Non
     assert acked[-1] == ("c", 4)
 
 
-async def test_records_of_a_revoked_partition_are_left_for_their_next_owner() -> None:
-    """After a rebalance the partition is read again from its last commit: what was read before
-    is never acked, though it finishes later, and the records read again are acked as usual."""
+def stamped(tp: str, generation: int, *offsets: int) -> list[Any]:
+    """Records read in consumer ``generation`` (Faust stamps each record with it)."""
+    return [SimpleNamespace(message=SimpleNamespace(tp=tp, offset=o, generation_id=generation))
+            for o in offsets]
+
+
+async def test_records_read_before_a_revoke_are_left_for_the_partitions_next_owner() -> None:
+    """After a rebalance the partition is read again from its last commit. Records read before
+    it are never acked here: tracked ones, ones of a batch still being answered, and ones
+    collected but handed over only after the revoke; the records read again are acked as
+    usual, in offset order."""
     acked: list[tuple[str, int]] = []
 
     async def ack(record: Any) -> None:
         acked.append((record.message.tp, record.message.offset))
 
-    acks = OffsetOrderAcks(ack)
-    before, kept = records("a", 0, 1, 2), records("b", 0)
-    acks.track(before + kept)
-    await acks.done(before[1:])  # 0 is in flight, 1-2 wait behind it
-    assert acks.forget({"a"}) == 3 and acks.held == 1
-    again = records("a", 0, 1)  # the same partition back, read again from offset 0
+    revocations = Revocations()
+    acks = OffsetOrderAcks(ack, revocations)
+    tracked, in_flight, collected = stamped("a", 1, 0), stamped("a", 1, 1), stamped("a", 1, 2, 3)
+    kept = stamped("b", 1, 0)
+    acks.track(tracked + kept)
+    revocations.revoke({"a"}, generation=1)
+    assert acks.forget({"a"}) == 1 and acks.held == 1
+    acks.track(collected)  # handed over after the revoke: not tracked
+    assert acks.held == 1 and revocations.fresh(collected + kept) == kept
+    again = stamped("a", 2, 0, 1, 2, 3)  # the partition back in generation 2, from offset 0
     acks.track(again)
-    await acks.done(before)  # the first reading finishes: not this worker's to ack any more
+    await acks.done(in_flight + collected + tracked)  # the first reading finishes: ignored
     assert acked == []
-    await acks.done(again + kept)
-    assert acked == [("a", 0), ("a", 1), ("b", 0)]
-    # A partition never tracked has nothing before it; a forgotten one is never acked blindly.
-    await acks.done(records("a", 9) + records("c", 4))
-    assert acked[3:] == [("c", 4)]
+    await acks.done(again[1:])
+    assert acked == []  # 0 of the new reading is not done yet
+    await acks.done(again[:1] + kept)
+    assert sorted(acked) == [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0)]
+    assert [o for tp, o in acked if tp == "a"] == [0, 1, 2, 3]
+    # A record never tracked has nothing before it, unless it was read before a revoke.
+    await acks.done(stamped("a", 1, 9) + stamped("c", 1, 4))
+    assert acked[5:] == [("c", 4)]
 
 
 async def test_a_batch_written_first_waits_for_the_batch_read_before_it() -> None:

@@ -146,3 +146,32 @@ def test_cli_show_verifies_files(exported: Manifest, tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["onnx", "show", "--out", str(tmp_path)])
     assert bad.exit_code != 0
     assert "corrupt" in bad.output
+
+
+def test_encoder_flops_count_the_layers_products() -> None:
+    from streamcascade.commands.bench_onnx import _encoder_flops
+
+    config = {"num_hidden_layers": 2, "hidden_size": 2, "intermediate_size": 4}
+    # Per token and layer: 2 * (4 * 2 * 2 + 2 * 2 * 4) = 64 for the products, 2 * 2 * 3 * 2 = 24
+    # for attention over 3 tokens; 2 layers, 5 texts of 3 tokens.
+    assert _encoder_flops(config, (5, 3)) == 2 * 5 * 3 * (64 + 24)
+
+
+def test_bench_onnx_times_every_engine_and_places_it_under_the_machines_peak(
+        exported: Manifest) -> None:
+    from streamcascade.commands.bench_onnx import run_benchmark
+
+    result = run_benchmark(exported.directory, threads=1, events=8, rounds=1, max_length=32,
+                           stream=None)
+    engines = {"torch_encoder", "onnx_fp32", "onnx_int8"}
+    assert engines <= set(result["table"])
+    roof = result["roofline"]
+    for name in engines:
+        eps = result["table"][name]["32"]["events_per_s"]
+        assert eps > 0
+        assert roof["gflops_batch32"][name] == pytest.approx(
+            eps * roof["flops_per_event_batch32"] / 1e9, rel=0.01, abs=0.1)
+    assert roof["fp32_peak_gflops"] > 0
+    assert roof["fp32_ceiling_vs_torch_batch32"] == pytest.approx(
+        roof["fp32_peak_gflops"] / roof["gflops_batch32"][result["torch_baseline"]], rel=0.01)
+    assert result["onnx_vs_torch_batch32"] > 0 and 0.9 < result["int8_cosine"] <= 1.0

@@ -189,23 +189,27 @@ async def test_learner_publishes_signed_state_that_another_worker_loads(records_
 async def test_demonstrations_read_again_after_a_rebalance_are_not_learned_twice(
         records_file: Path) -> None:
     """A rebalance sends the demonstrations partition back to its last commit: a learner that
-    keeps it reads again what it learned (and has not published); it learns each record once,
-    and drops its held records of a partition it loses, for their next owner."""
+    keeps it reads again what it learned (and has not published) and learns each record once.
+    One that loses it drops its held records for the next owner and stops publishing until it
+    learns again; once another worker's state replaces its model, it learns everything it
+    reads."""
     op = make_operator(records_file, warmup=20)
-    rows = read_stream(records_file)[:30]
+    rows = read_stream(records_file)[:40]
     demos = [json.dumps({"id": r.id, "text": r.text, "label": r.label, "source": "ground_truth"})
              .encode() for r in rows]
+    published: list[bytes] = []
 
     async def publish(blob: bytes) -> None:
-        raise AssertionError("not due")
+        published.append(blob)
 
     learner = Learner(op.cascade, StateSigner(KEY), publish, op.metrics, publish_interval_s=3600)
     tp = ("demonstrations", 0)
     assert await learner.learn(demos[:20], [(tp, o) for o in range(20)]) == 20
     version = op.cascade.version
     # Read again from offset 10 (the last commit), and on to 30.
-    assert await learner.learn(demos[10:], [(tp, o) for o in range(10, 30)]) == 10
-    assert op.metrics.demonstrations_skipped.labels("already_learned")._value.get() == 10
+    assert await learner.learn(demos[10:30], [(tp, o) for o in range(10, 30)]) == 10
+    skipped = op.metrics.demonstrations_skipped.labels("already_learned")
+    assert skipped._value.get() == 10
     assert op.metrics.demonstrations.labels("ground_truth")._value.get() == 30
     assert op.cascade.version > version
     held = [SimpleNamespace(message=SimpleNamespace(tp=t, offset=1)) for t in (tp, "other")]
@@ -216,9 +220,13 @@ async def test_demonstrations_read_again_after_a_rebalance_are_not_learned_twice
     async def ack(handle: Any) -> None:
         acked.append(handle)
 
-    learner.publish = lambda blob: asyncio.sleep(0)  # type: ignore[method-assign,assignment]
+    assert not await learner.maybe_publish(ack, force=True)  # no longer the learner
+    assert published == [] and acked == []
+    assert await learner.learn(demos[30:31], [(tp, 30)]) == 1  # the partition is back
     assert await learner.maybe_publish(ack, force=True)
-    assert acked == held[1:]
+    assert len(published) == 1 and acked == held[1:]
+    learner.state_replaced()  # another worker's state: relearn what it reads
+    assert await learner.learn(demos[:5], [(tp, o) for o in range(5)]) == 5
 
 
 async def test_learning_lets_the_event_loop_turn_between_slices(records_file: Path) -> None:
