@@ -35,11 +35,12 @@ class Revocations:
     """Which records were read before a rebalance took their partition from this worker.
 
     A rebalance sends a partition back to its last commit, for its next owner to read again,
-    this worker too if it keeps it. Records read before it are *stale*: this worker must not ack
-    them (that could commit past a record nobody has done) or act on them, wherever they are:
-    tracked, in a batch being answered, or collected and not yet handed over (Faust hands those
-    to the agent after the revoke). Faust stamps every record with the consumer generation it
-    was read in, and generations only go up.
+    this worker too if it keeps it. Records read before it are *stale*: this worker never acks
+    them, wherever they are (tracked, in a batch being answered, or collected and handed to the
+    agent after the revoke), since that could commit past a record nobody has done. The agents
+    drop stale records they have not started on; a batch already being answered or learned
+    finishes, and the next owner writes its answers again (at least once). Faust stamps every
+    record with the consumer generation it was read in, and a group's generations go up.
     """
 
     def __init__(self) -> None:
@@ -49,6 +50,14 @@ class Revocations:
         """``tps`` were revoked while the consumer was in ``generation``."""
         for tp in tps:
             self._stale_through[tp] = max(generation, self._stale_through.get(tp, generation))
+
+    def assigned(self, generation: int) -> None:
+        """A new assignment in consumer ``generation``. A generation not above a partition's
+        revoked one means the group started its count again (it was deleted while empty):
+        forget those revocations, or that partition's records would all look stale for good."""
+        for tp, through in list(self._stale_through.items()):
+            if generation <= through:
+                del self._stale_through[tp]
 
     def is_stale(self, record: Any) -> bool:
         message = record.message

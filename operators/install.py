@@ -360,8 +360,9 @@ def install(
         metrics.model_version.set(cascade.version)
         log.info("loaded model state version %d", snapshot.version)
 
+    revocations = Revocations()  # shared by every agent of this worker
     learner = Learner(cascade, signer or StateSigner(b"unused-no-state-topic"), publish, metrics,
-                      options.publish_interval_s)
+                      options.publish_interval_s, revocations=revocations)
     if topics.state and signer is not None:
         watcher = StateWatcher(bootstrap_of(app), topics.state, signer, apply,
                                on_refused=lambda _reason: metrics.states_refused.inc(),
@@ -419,7 +420,6 @@ def install(
     # Each agent's ack tracker, once it runs.
     input_acks: list[OffsetOrderAcks] = []
     feedback_acks: list[OffsetOrderAcks] = []
-    revocations = Revocations()
 
     async def forget_revoked(_sender: Any, revoked: set[Any], **_kwargs: Any) -> None:
         # Records of partitions a rebalance took away are read again by their next owner (this
@@ -435,6 +435,11 @@ def install(
                      len(waiting))
 
     app.on_partitions_revoked.connect(forget_revoked)
+
+    async def note_assignment(_sender: Any, _assigned: set[Any], **_kwargs: Any) -> None:
+        revocations.assigned(int(app.consumer_generation_id))
+
+    app.on_partitions_assigned.connect(note_assignment)
 
     @app.timer(1.0)
     async def report_held_acks() -> None:
@@ -513,7 +518,7 @@ def install(
                                 [(e.message.tp, e.message.offset) for e in events])
             if state_topic is None:  # nothing to publish: learned is done
                 metrics.model_version.set(cascade.version)  # (set at publication otherwise)
-                for event in events:
+                for event in revocations.fresh(events):  # (a revoke may come while learning)
                     await stream.ack(event)
                 continue
             learner.hold(events)

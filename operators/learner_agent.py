@@ -21,6 +21,7 @@ from typing import Any
 from streamcascade.errors import UnknownLabelError
 from streamcascade.models.state import compress_state
 from streamcascade.models.types import Demonstration, Event
+from streamcascade.operators.acks import Revocations
 from streamcascade.operators.metrics import OperatorMetrics
 from streamcascade.operators.state_store import StateSigner
 
@@ -67,6 +68,9 @@ class Learner:
         Smallest time between two published states (each is a full snapshot).
     learn_slice
         Demonstrations learned between two turns of the event loop.
+    revocations
+        The worker's record of revoked partitions: held records read before a revoke are never
+        acked here.
     """
 
     def __init__(
@@ -77,8 +81,10 @@ class Learner:
         metrics: OperatorMetrics,
         publish_interval_s: float = DEFAULT_PUBLISH_INTERVAL_S,
         learn_slice: int = 16,
+        revocations: Revocations | None = None,
     ) -> None:
         self.cascade = cascade
+        self.revocations = revocations or Revocations()
         self.signer = signer
         self.publish = publish
         self.metrics = metrics
@@ -95,6 +101,10 @@ class Learner:
         # demonstrations partition (the next learner goes on from the last commit), and starts
         # again when it learns.
         self._learning = True
+        self._partitions: set[Any] = set()  # demonstrations partitions it learns from
+        # The batch being learned, and how much of it is learned (see state_replaced).
+        self._in_progress: list[Demonstration] = []
+        self._in_progress_done = 0
         self._last_publish = float("-inf")  # the first publish is due at once
         self._lock = asyncio.Lock()
 
@@ -113,6 +123,7 @@ class Learner:
         """
         if positions is not None:
             self._learning = True
+            self._partitions.update(tp for tp, _ in positions)
             values = self._not_learned_yet(values, positions)
         labels = self.cascade.task.labels
         demos = [d for d in (decode_demonstration(v, labels) for v in values) if d is not None]
@@ -120,10 +131,15 @@ class Learner:
             self.metrics.demonstrations_skipped.labels("malformed").inc(len(values) - len(demos))
         learned = 0
         async with self._lock:
-            for start in range(0, len(demos), self.learn_slice):
-                if start:
-                    await asyncio.sleep(0)
-                learned += self._learn_now(demos[start:start + self.learn_slice])
+            self._in_progress, self._in_progress_done = demos, 0
+            try:
+                for start in range(0, len(demos), self.learn_slice):
+                    if start:
+                        await asyncio.sleep(0)  # (a state may be loaded meanwhile)
+                    learned += self._learn_now(demos[start:start + self.learn_slice])
+                    self._in_progress_done = start + self.learn_slice
+            finally:
+                self._in_progress, self._in_progress_done = [], 0
         return learned
 
     def _not_learned_yet(self, values: Sequence[bytes | None],
@@ -155,23 +171,39 @@ class Learner:
         return self.signer.sign(version, compress_state(state), meta)
 
     def hold(self, handles: Sequence[Any]) -> None:
-        """Keep these records un-acked until a state that includes them is published."""
-        self._unacked.extend(handles)
+        """Keep these records un-acked until a state that includes them is published (records
+        read before a revoke are not this worker's to ack: they are dropped)."""
+        self._unacked.extend(self.revocations.fresh(handles))
 
     def forget(self, tps: set[Any]) -> int:
         """A rebalance took ``tps``: drop their held records (Faust events), un-acked, for the
         partition's next owner to read again, and stop publishing until this worker learns
         again (it may no longer be the learner). Returns how many records were dropped."""
-        if self._learned_next.keys() & tps:
+        if self._partitions & tps:
+            self._partitions -= tps
             self._learning = False
         kept = [h for h in self._unacked if h.message.tp not in tps]
         dropped, self._unacked = len(self._unacked) - len(kept), kept
         return dropped
 
     def state_replaced(self) -> None:
-        """The cascade now holds another worker's state: what this worker had learned, and so
-        which demonstrations to skip as learned, no longer holds."""
+        """The cascade now holds another worker's state (a newer one, published while this
+        worker learned: two learners overlap for a moment when the demonstrations partition
+        moves). What this worker learned is gone from the model, so it no longer skips
+        demonstrations as learned, and it learns again those it holds un-acked, and those of
+        the batch it is learning, so that none is acked without being in the model (some may be
+        learned twice)."""
         self._learned_next.clear()
+        labels = self.cascade.task.labels
+        held = (decode_demonstration(getattr(h.message, "value", None), labels)
+                for h in self._unacked)
+        redo = [d for d in held if d is not None]
+        redo += self._in_progress[:self._in_progress_done]
+        if redo:
+            log.warning("a newer model state replaced what this worker had learned; learning "
+                        "its %d held demonstrations again", len(redo))
+        for start in range(0, len(redo), self.learn_slice):
+            self._learn_now(redo[start:start + self.learn_slice])
 
     async def maybe_publish(
         self, ack: Callable[[Any], Awaitable[Any]], force: bool = False
@@ -193,6 +225,8 @@ class Learner:
                 await asyncio.sleep(0)  # a turn of the loop between learning and capturing
                 state = self.cascade.state_bytes(compress=False)
                 blob = await asyncio.to_thread(self._seal, version, state, meta)
+                if not self._learning:  # a rebalance took the partition while sealing
+                    return False
                 await self.publish(blob)
                 self.published_version = max(self.published_version, version)
                 self.metrics.states_published.inc()
@@ -200,6 +234,6 @@ class Learner:
                 log.info("published model state version %d", version)
             self._last_publish = time.monotonic()
             handles, self._unacked = self._unacked, []
-            for handle in handles:
+            for handle in self.revocations.fresh(handles):
                 await ack(handle)
             return True

@@ -67,7 +67,11 @@ def install_passthrough(
             revocations.revoke(revoked, int(app.consumer_generation_id))  # as the operator
             writer.acks.forget(revoked)
 
+        async def note_assignment(_sender: Any, _assigned: set[Any], **_kwargs: Any) -> None:
+            revocations.assigned(int(app.consumer_generation_id))
+
         app.on_partitions_revoked.connect(forget_revoked)
+        app.on_partitions_assigned.connect(note_assignment)
 
         async def loop() -> None:
             async for batch in micro_batches(stream, options.batch_size, options.batch_time_s):

@@ -75,6 +75,20 @@ async def test_records_read_before_a_revoke_are_left_for_the_partitions_next_own
     assert acked[5:] == [("c", 4)]
 
 
+def test_a_group_that_counts_its_generations_again_is_not_all_stale() -> None:
+    revocations = Revocations()
+    revocations.revoke({"a", "b"}, generation=7)
+    revocations.assigned(generation=8)
+    assert revocations.is_stale(stamped("a", 7, 0)[0])
+    assert not revocations.is_stale(stamped("a", 8, 0)[0])
+    revocations.revoke({"a"}, generation=8)
+    # The group was deleted while empty and starts again at generation 1.
+    revocations.assigned(generation=1)
+    assert revocations.fresh(stamped("a", 1, 0) + stamped("b", 1, 0)) != []
+    assert not revocations.is_stale(stamped("a", 1, 5)[0])
+    assert not revocations.is_stale(stamped("b", 1, 5)[0])
+
+
 async def test_a_batch_written_first_waits_for_the_batch_read_before_it() -> None:
     import asyncio
 

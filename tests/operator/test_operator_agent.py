@@ -156,20 +156,21 @@ async def test_learner_publishes_signed_state_that_another_worker_loads(records_
     async def ack(handle: Any) -> None:
         acked.append(handle)
 
+    a, b, c = (SimpleNamespace(message=SimpleNamespace(tp="d", offset=o)) for o in range(3))
     signer = StateSigner(KEY)
     learner = Learner(op.cascade, signer, publish, op.metrics, publish_interval_s=3600)
     assert await learner.learn(demos[:100]) == 100
-    learner.hold(["a", "b"])
+    learner.hold([a, b])
     assert await learner.maybe_publish(ack)  # the first publish is due at once
-    assert acked == ["a", "b"]
+    assert acked == [a, b]
     await learner.learn([*demos[100:], b"not a demonstration"])
     skipped = op.metrics.demonstrations_skipped
     assert skipped.labels("malformed")._value.get() == 1  # skipped, and counted
-    learner.hold(["c"])
+    learner.hold([c])
     assert not await learner.maybe_publish(ack)  # not due: the demonstrations stay un-acked
-    assert acked == ["a", "b"]
+    assert acked == [a, b]
     assert await learner.maybe_publish(ack, force=True)
-    assert acked == ["a", "b", "c"]
+    assert acked == [a, b, c]
     versions = [signer.verify(b).version for b in published]
     assert versions == sorted(versions) and versions[-1] == op.cascade.version > 0
     broken = Learner(make_operator(records_file).cascade, signer, publish, op.metrics)
@@ -227,6 +228,81 @@ async def test_demonstrations_read_again_after_a_rebalance_are_not_learned_twice
     assert len(published) == 1 and acked == held[1:]
     learner.state_replaced()  # another worker's state: relearn what it reads
     assert await learner.learn(demos[:5], [(tp, o) for o in range(5)]) == 5
+
+
+async def test_a_learner_whose_model_is_replaced_learns_again_what_it_would_ack(
+        records_file: Path) -> None:
+    """Two learners overlap for a moment when the demonstrations partition moves: a newer state
+    may replace the model of a worker that holds demonstrations un-acked, or is learning a batch.
+    It learns them again rather than ack them without their being in the model; it never acks a
+    record read before a revoke; and a revoke while a state is being sealed stops the publish."""
+    from streamcascade.operators.acks import Revocations
+
+    op = make_operator(records_file, warmup=20)
+    rows = read_stream(records_file)[:20]
+    demos = [json.dumps({"id": r.id, "text": r.text, "label": r.label, "source": "ground_truth"})
+             .encode() for r in rows]
+    learned = op.metrics.demonstrations.labels("ground_truth")
+    timeline: list[str] = []
+    learn = op.cascade.learn
+
+    def logged_learn(batch: Any) -> None:
+        timeline.append(f"learn {len(batch)}")
+        learn(batch)
+
+    op.cascade.learn = logged_learn  # type: ignore[method-assign]
+    published: list[bytes] = []
+
+    async def publish(blob: bytes) -> None:
+        published.append(blob)
+
+    revocations = Revocations()
+    learner = Learner(op.cascade, StateSigner(KEY), publish, op.metrics, learn_slice=4,
+                      publish_interval_s=3600, revocations=revocations)
+    tp = "demonstrations-0"
+
+    def handle(offset: int, generation: int = 1) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(
+            tp=tp, offset=offset, generation_id=generation, value=demos[offset]))
+
+    await learner.learn(demos[:3], [(tp, o) for o in range(3)])
+    learner.hold([handle(o) for o in range(3)])
+
+    async def replace_after_first_slice() -> None:
+        while timeline.count("learn 4") < 1:
+            await asyncio.sleep(0)
+        learner.state_replaced()  # (the cascade's load_state has just run)
+
+    replacing = asyncio.ensure_future(replace_after_first_slice())
+    await learner.learn(demos[3:13], [(tp, o) for o in range(3, 13)])
+    await replacing
+    # The 3 held and the 4 of the batch learned before the replacement, again; then the rest.
+    assert timeline == ["learn 3", "learn 4", "learn 4", "learn 3", "learn 4", "learn 2"]
+    assert learned._value.get() == 3 + 10 + 7
+    # Records read before a revoke are never held for acking; a revoke while a state is
+    # sealed stops its publication.
+    learner.hold([handle(o) for o in range(3, 13)])
+    revocations.revoke({tp}, generation=1)
+    learner.hold([handle(13)])
+    seal = learner._seal
+
+    def seal_then_revoke(*args: Any) -> bytes:
+        learner.forget({tp})
+        return seal(*args)
+
+    learner._seal = seal_then_revoke  # type: ignore[method-assign]
+    acked: list[Any] = []
+
+    async def ack(h: Any) -> None:
+        acked.append(h)
+
+    assert not await learner.maybe_publish(ack, force=True)
+    assert published == [] and acked == []
+    learner._seal = seal  # type: ignore[method-assign]
+    await learner.learn(demos[14:15], [(tp, 14)])  # generation 2: the partition is back
+    learner.hold([handle(14, generation=2), handle(12)])
+    assert await learner.maybe_publish(ack, force=True)
+    assert [h.message.offset for h in acked] == [14] and len(published) == 1
 
 
 async def test_learning_lets_the_event_loop_turn_between_slices(records_file: Path) -> None:
