@@ -25,7 +25,7 @@ import numpy as np
 from streamcascade.errors import ConfigurationError, ModelStateError
 from streamcascade.models.controller import OperatingPointController
 from streamcascade.models.learner import AnswerRecord, ImitationLearner
-from streamcascade.models.llm.base import LLMBackend
+from streamcascade.models.llm.base import LLMAnswer, LLMBackend
 from streamcascade.models.policy import DeferralPolicy, n_stage_extras, stage_extras
 from streamcascade.models.referee import Referee
 from streamcascade.models.stages.base import Stage
@@ -245,7 +245,8 @@ class Cascade:
         errors: list[str | None] = [None] * n
         llm_labels: list[int | None] = [None] * n
         if to_llm.size:
-            answers = await self.llm.answer([events[i] for i in to_llm.tolist()])
+            answers = self._checked(await self.llm.answer([events[i] for i in to_llm.tolist()]),
+                                    int(to_llm.size))
             n_deferred = remaining.size
             for pos, (i, ans) in enumerate(zip(to_llm.tolist(), answers, strict=True)):
                 # Priced in the cascade's units (the LLM's ``cost`` or its configured price); an
@@ -281,6 +282,19 @@ class Cascade:
                 self._decision(events[i], int(labels[i]), int(answered_by[i]),
                                float(confidence[i]), float(cost[i]), paths[i], errors[i], version)
                 for i in range(n)]
+
+    def _checked(self, answers: Sequence[LLMAnswer], n: int) -> list[LLMAnswer]:
+        """The backend's answers, one per event asked, each inside the label set: a backend
+        that answers too few, or outside the labels, gives no answer for those events rather
+        than a batch that fails."""
+        out = list(answers[:n])
+        if len(out) < n:
+            missing = f"the LLM backend gave {len(answers)} answers for {n} events"
+            out += [LLMAnswer(None, 0.0, missing)] * (n - len(out))
+        k = len(self.task.labels)
+        return [a if a.label is None or 0 <= a.label < k else
+                LLMAnswer(None, a.cost, f"answer index {a.label} is outside the {k} labels", a.raw)
+                for a in out]
 
     def _decision(self, event: Event, label: int, stage_index: int, confidence: float,
                   cost: float, path: list[str], error: str | None, version: int) -> Decision:

@@ -22,10 +22,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamcascade.errors import RecordError, UnknownLabelError
-from streamcascade.models.types import SOURCE_GROUND_TRUTH, Decision, Event, LabelSet
+from streamcascade.models.types import (
+    SOURCE_AUDIT,
+    SOURCE_GROUND_TRUTH,
+    SOURCE_LLM,
+    Decision,
+    Event,
+    LabelSet,
+)
 from streamcascade.operators import dead_letters as dl
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: Longest event id, in UTF-8 bytes: an id is the key of every record about its event (outputs
+#: carry it twice), so an unbounded one could make a record the broker refuses.
+MAX_ID_BYTES = 1024
+#: The sources of feedback the operator knows.
+SOURCES = (SOURCE_GROUND_TRUTH, SOURCE_LLM, SOURCE_AUDIT)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes to UTF-8 (JSON's ``\\ud83d`` escapes decode to a lone surrogate
+    that does not, and every record about the event would fail to encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +95,9 @@ class RecordCodec:
         if len(raw) > self.max_bytes:
             raise RecordError(dl.OVERSIZED, f"{len(raw)} bytes > limit {self.max_bytes}")
         try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            # Decoded strictly first: json.loads(bytes) lets invalid UTF-8 through as surrogates.
+            value = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
             raise RecordError(dl.MALFORMED_JSON, f"not JSON ({type(exc).__name__})") from None
         if not isinstance(value, dict):
             raise RecordError(dl.MALFORMED_JSON, f"a JSON {type(value).__name__}, not an object")
@@ -88,6 +111,11 @@ class RecordCodec:
         event_id = str(event_id)
         if not event_id:
             raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} is empty")
+        if not _is_unicode(event_id):
+            raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} is not valid Unicode")
+        if len(event_id.encode("utf-8")) > MAX_ID_BYTES:
+            raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} is longer than "
+                                             f"{MAX_ID_BYTES} bytes")
         return event_id
 
     def decode_event(self, raw: bytes | None) -> Event:
@@ -99,6 +127,8 @@ class RecordCodec:
             raise RecordError(dl.MISSING_TEXT, f"field {self.text_field!r} is missing or not text")
         if not text.strip():
             raise RecordError(dl.MISSING_TEXT, f"field {self.text_field!r} is empty")
+        if not _is_unicode(text):
+            raise RecordError(dl.MISSING_TEXT, f"field {self.text_field!r} is not valid Unicode")
         return Event(event_id, text)
 
     def decode_feedback(self, raw: bytes | None, labels: LabelSet) -> Feedback:
@@ -114,9 +144,13 @@ class RecordCodec:
             index = labels.index(label)
         except UnknownLabelError as exc:
             raise RecordError(dl.UNKNOWN_LABEL, str(exc)) from None
-        source = record.get(self.source_field, SOURCE_GROUND_TRUTH)
-        if not isinstance(source, str) or not source:
-            source = SOURCE_GROUND_TRUTH
+        source = record.get(self.source_field)
+        if source is None:
+            source = SOURCE_GROUND_TRUTH  # (labels from people need not say so)
+        if source not in SOURCES:
+            shown = repr(source)[:100]
+            raise RecordError(dl.UNKNOWN_SOURCE, f"field {self.source_field!r} is {shown}, not "
+                                                 f"one of {list(SOURCES)}")
         return Feedback(event_id, index, source)
 
     # -- writing ---------------------------------------------------------------------------

@@ -20,9 +20,10 @@ _ROOM = 64 * 1024
 
 #: The record is not JSON, or not a JSON object.
 MALFORMED_JSON = "malformed_json"
-#: The id field is missing, or is not a string or an integer.
+#: The id field is missing, empty, not a string or an integer, longer than the codec's
+#: ``MAX_ID_BYTES``, or not valid Unicode.
 MISSING_ID = "missing_id"
-#: The text field is missing, not a string, or empty.
+#: The text field is missing, not a string, empty, or not valid Unicode.
 MISSING_TEXT = "missing_text"
 #: The record is larger than the configured size limit.
 OVERSIZED = "oversized_payload"
@@ -34,6 +35,9 @@ FEEDBACK_UNMATCHED = "feedback_unmatched"
 LLM_FAILED = "llm_failed"
 #: The cascade raised on a batch (a bug or a stage that cannot run); the batch is dead-lettered.
 CASCADE_ERROR = "cascade_error"
+#: A feedback record whose source is not one the operator knows (``ground_truth``, ``llm``,
+#: ``audit``).
+UNKNOWN_SOURCE = "unknown_source"
 
 REASONS: tuple[str, ...] = (
     MALFORMED_JSON,
@@ -44,6 +48,7 @@ REASONS: tuple[str, ...] = (
     FEEDBACK_UNMATCHED,
     LLM_FAILED,
     CASCADE_ERROR,
+    UNKNOWN_SOURCE,
 )
 
 
@@ -72,13 +77,29 @@ def original_limit(max_bytes: int = MAX_BYTES) -> int:
     return max(max_bytes - _ROOM, 0) // 4 * 3
 
 
-def keepable(raw: bytes, max_bytes: int = MAX_BYTES) -> tuple[bytes, str]:
-    """What of ``raw`` a dead letter of at most ``max_bytes`` can carry, and a note for its
-    detail when it had to be cut (a dead letter the broker refused would stop the stream; this
-    one says what is missing)."""
-    limit = original_limit(max_bytes)
+#: A dead letter's detail is cut to this many characters (it may quote an id or a label).
+DETAIL_CHARS = 1000
+
+
+def keepable(raw: bytes, max_bytes: int = MAX_BYTES, key: bytes | None = None
+             ) -> tuple[bytes, str]:
+    """What of ``raw`` a dead letter of at most ``max_bytes`` can carry beside ``key`` (sent as
+    the record's key and again in base64 in its value), and a note for its detail when it had
+    to be cut (a dead letter the broker refused would stop the stream; this one says what is
+    missing)."""
+    key_room = 0 if key is None else len(key) + (len(key) + 2) // 3 * 4
+    limit = original_limit(max_bytes - key_room)
     if len(raw) <= limit:
         return raw, ""
     digest = hashlib.sha256(raw).hexdigest()
     return raw[:limit], (f"; the original's {len(raw)} bytes are cut to the first {limit} "
                          f"(sha256 of the whole {digest})")
+
+
+def fitting_key(key: bytes | None, max_bytes: int = MAX_BYTES) -> tuple[bytes | None, str]:
+    """``key`` if a dead letter of at most ``max_bytes`` has room for it (twice: as the record's
+    key and in its value), else ``None`` and a note for the detail."""
+    if key is None or len(key) <= max_bytes // 8:
+        return key, ""
+    digest = hashlib.sha256(key).hexdigest()
+    return None, f"; the key's {len(key)} bytes are left out (sha256 {digest})"

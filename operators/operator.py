@@ -116,10 +116,20 @@ class CascadeOperator:
 
     # -- events ------------------------------------------------------------------------------
     def _letter(self, record: InRecord, reason: str, detail: str) -> Outgoing:
+        return self._dead_letter(record.value or b"", reason, record.position, detail,
+                                 record.key)
+
+    def _dead_letter(self, raw: bytes, reason: str, position: dl.SourcePosition, detail: str,
+                     key: bytes | None) -> Outgoing:
+        """A dead letter that fits its topic: the detail, the key and the original cut to fit,
+        each cut noted in the detail."""
         self.metrics.dead_letters.labels(reason).inc()
-        raw, cut = dl.keepable(record.value or b"", self.dead_letter_max_bytes)
-        letter = dl.DeadLetter(raw, reason, record.position, detail + cut, record.key)
-        return Outgoing("dlq", record.key, self.codec.encode_dead_letter(letter))
+        limit = self.dead_letter_max_bytes
+        key, key_note = dl.fitting_key(key, limit)
+        raw, cut = dl.keepable(raw, limit, key)
+        letter = dl.DeadLetter(raw, reason, position, detail[:dl.DETAIL_CHARS] + key_note + cut,
+                               key)
+        return Outgoing("dlq", key, self.codec.encode_dead_letter(letter))
 
     async def handle_events(
         self, records: Sequence[InRecord],
@@ -140,8 +150,25 @@ class CascadeOperator:
                 sources.append(record)
             except RecordError as exc:
                 out.append(self._letter(record, exc.reason, exc.detail))
-        if not events:
-            return out
+        while events:
+            # A round answers each id once (its answers, latencies and feedback are keyed by
+            # id); a record that repeats an id of the batch (a producer's retry, or a reused id)
+            # is answered in the next round.
+            seen: set[str] = set()
+            first: list[tuple[Event, InRecord]] = []
+            later: list[tuple[Event, InRecord]] = []
+            for event, record in zip(events, sources, strict=True):
+                (later if event.id in seen else first).append((event, record))
+                seen.add(event.id)
+            out.extend(await self._answer([e for e, _ in first], [r for _, r in first],
+                                          write_early))
+            events, sources = [e for e, _ in later], [r for _, r in later]
+        return out
+
+    async def _answer(self, events: list[Event], sources: list[InRecord],
+                      write_early: Callable[[list[Outgoing]], None] | None) -> list[Outgoing]:
+        """Answer decoded events with distinct ids (see :meth:`handle_events`)."""
+        out: list[Outgoing] = []
         written: dict[str, float] = {}  # event id -> latency of its early output
         hook: dict[str, Any] = {}
         if write_early is not None:
@@ -154,6 +181,9 @@ class CascadeOperator:
             # Events whose early answer is already written are answered: no dead letter too.
             out.extend(self._letter(r, dl.CASCADE_ERROR, detail)
                        for e, r in zip(events, sources, strict=True) if e.id not in written)
+            take = getattr(self.cascade, "take_demonstrations", None)
+            if take is not None:
+                take()  # the LLM answers of a failed batch: its events are dead letters
             for event in events:  # their labels still teach
                 out.extend(self._log_event(event, None, ""))
             return out
@@ -205,12 +235,14 @@ class CascadeOperator:
         def on_early(decisions: list[Decision]) -> None:
             now = self.clock()
             batch = []
+            latencies = {}
             for decision in decisions:
                 latency = now - received[decision.event_id]
-                written[decision.event_id] = latency
                 batch.append(Outgoing("output", self.codec.key(decision.event_id),
                                       self.codec.encode_output(decision, latency * 1e3)))
+                latencies[decision.event_id] = latency
             write(batch)
+            written.update(latencies)  # only once they are handed over
 
         return on_early
 
@@ -268,12 +300,10 @@ class CascadeOperator:
             result.ack.append(waiting.token)
 
     def _expired_letter(self, waiting: PendingFeedback) -> Outgoing:
-        self.metrics.dead_letters.labels(dl.FEEDBACK_UNMATCHED).inc()
         position = waiting.position or dl.SourcePosition("", -1, -1)
         detail = f"no event {waiting.feedback.event_id!r} within {self.decision_log.ttl_s:g} s"
-        raw, cut = dl.keepable(waiting.raw, self.dead_letter_max_bytes)
-        letter = dl.DeadLetter(raw, dl.FEEDBACK_UNMATCHED, position, detail + cut, waiting.key)
-        return Outgoing("dlq", waiting.key, self.codec.encode_dead_letter(letter))
+        return self._dead_letter(waiting.raw, dl.FEEDBACK_UNMATCHED, position, detail,
+                                 waiting.key)
 
 
 Sender = Callable[[Outgoing], Awaitable[Awaitable[Any]]]

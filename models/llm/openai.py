@@ -491,8 +491,12 @@ class OpenAIChatLLM:
     def _charge(self, usage: object) -> None:
         if not isinstance(usage, dict):
             return
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
+        try:
+            prompt = int(usage.get("prompt_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or 0)
+        except (TypeError, ValueError):  # a server's odd usage must not cost the answer
+            logger.warning("unreadable token usage from %s: %.200r", self._endpoint, usage)
+            return
         self.stats.prompt_tokens += prompt
         self.stats.completion_tokens += completion
         spent = (

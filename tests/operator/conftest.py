@@ -1,4 +1,4 @@
-"""Fixtures of the operator tier: a real local LLM server for the session.
+"""Fixtures of the operator tier: a real local LLM server for the session, and a recorded stream.
 
 ``local_llm`` is an existing OpenAI-compatible server when ``STREAMCASCADE_TEST_LLM_URL`` and
 ``STREAMCASCADE_TEST_LLM_MODEL`` name one; otherwise llama.cpp's server (``xllamacpp``) running
@@ -9,10 +9,13 @@ install.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +52,22 @@ def local_llm() -> Iterator[LLMEndpoint]:
         yield LLMEndpoint(server.base_url, server.model, server.pid)
     finally:
         server.stop()
+
+
+#: The bundled HateSpeech sample (its recorded GPT-3.5 answers included).
+HATESPEECH = Path(__file__).resolve().parents[2] / "plugin" / "data" / "hatespeech.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def records_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 300 rows; rows 5 and 6 lose their recorded answer (the LLM cannot answer)."""
+    path = tmp_path_factory.mktemp("records") / "hs.jsonl.gz"
+    with gzip.open(HATESPEECH, "rt", encoding="utf-8") as src, gzip.open(path, "wt") as dst:
+        for i, line in enumerate(src):
+            if i == 300:
+                break
+            row = json.loads(line)
+            if i in (5, 6):
+                row["llm"] = {}
+            dst.write(json.dumps(row) + "\n")
+    return path

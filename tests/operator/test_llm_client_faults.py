@@ -39,7 +39,8 @@ class Seen:
 class FaultServer:
     """An HTTP server that misbehaves on cue: ``script`` is consumed one action per request.
 
-    Actions: ``"ok"`` / ``"ok:<content>"``, ``"slow:<seconds>"``, ``"429:<retry-after>"``,
+    Actions: ``"ok"`` / ``"ok:<content>"``, ``"oddusage"`` (ok, with token counts that are not
+    numbers), ``"slow:<seconds>"``, ``"429:<retry-after>"``,
     ``"500"``, ``"500-echo"`` (echoes the request's Authorization header), ``"malformed"``,
     ``"nochoices"``, ``"drop"`` (closes the connection without answering), ``"reject-constraint"``
     (400 when the body has a constraint, else ok).
@@ -107,13 +108,16 @@ class FaultServer:
                 self._send(writer, 400, b'{"error": "unknown field response_format"}')
                 return True
             kind = "ok"
+        usage: object = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
+        if kind == "oddusage":
+            kind, usage = "ok", {"prompt_tokens": "n/a", "completion_tokens": [1]}
         if kind == "ok":
             messages = body["messages"]
             assert isinstance(messages, list)
             content = arg or ('{"label": "positive"}' if "response_format" in body else "positive")
             payload = {
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+                "usage": usage,
             }
             self._send(writer, 200, json.dumps(payload).encode())
         elif kind == "429":
@@ -190,6 +194,15 @@ async def test_answers_send_the_key_and_charge_the_usage(server: FaultServer) ->
     assert (llm.stats.prompt_tokens, llm.stats.completion_tokens) == (300, 30)
     assert all(s.headers["authorization"] == f"Bearer {SECRET}" for s in server.seen)
     assert all(s.body["grammar"] == 'root ::= "negative" | "positive"' for s in server.seen)
+
+
+async def test_an_unreadable_usage_keeps_the_answer(server: FaultServer) -> None:
+    server.script = ["oddusage"]
+    llm = make(server)
+    async with llm:
+        answers = await llm.answer(events(1))
+    assert [(a.label, a.error) for a in answers] == [(1, None)]
+    assert len(server.seen) == 1 and llm.stats.prompt_tokens == 0
 
 
 async def test_a_slow_server_times_out_within_the_limits(server: FaultServer) -> None:

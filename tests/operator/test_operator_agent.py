@@ -7,7 +7,6 @@ What the Faust agents add around it (reading, writing, acking) is tested against
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import time
 from pathlib import Path
@@ -33,21 +32,6 @@ DATA = Path(__file__).resolve().parents[2] / "plugin" / "data" / "hatespeech.jso
 LLM = "gpt-3.5-turbo-1106"
 TASK = TASKS["hatespeech"]
 KEY = "operator-tests-signing-key"
-
-
-@pytest.fixture(scope="module")
-def records_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 300 rows; rows 5 and 6 lose their recorded answer (the LLM cannot answer)."""
-    path = tmp_path_factory.mktemp("records") / "hs.jsonl.gz"
-    with gzip.open(DATA, "rt", encoding="utf-8") as src, gzip.open(path, "wt") as dst:
-        for i, line in enumerate(src):
-            if i == 300:
-                break
-            row = json.loads(line)
-            if i in (5, 6):
-                row["llm"] = {}
-            dst.write(json.dumps(row) + "\n")
-    return path
 
 
 def make_operator(records: Path, **config: Any) -> CascadeOperator:

@@ -1,0 +1,129 @@
+"""Inputs that used to crash the worker or lose an answer: each gets an output or a dead letter.
+
+Found by a review that drove the operator with hand-made records; every case here failed on the
+code before its fix (a crash that loops on restart, or a record with neither an output nor a dead
+letter)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from test_operator_agent import (  # the same recorded cascade and helpers
+    TASK,
+    by_topic,
+    make_operator,
+    record,
+)
+
+from streamcascade.models.datasets import read_stream
+from streamcascade.models.llm.base import LLMAnswer
+from streamcascade.models.types import Decision, Event
+from streamcascade.operators import dead_letters as dl
+from streamcascade.operators.codec import MAX_ID_BYTES, RecordCodec
+from streamcascade.operators.operator import Outgoing
+
+
+def reasons(out: list[Outgoing]) -> list[tuple[str, int]]:
+    return sorted((d["reason"], d["offset"]) for d in by_topic(out, "dlq"))
+
+
+async def test_unusable_records_are_dead_letters_and_the_batch_is_answered(
+        records_file: Path) -> None:
+    op = make_operator(records_file)
+    op.codec = RecordCodec(max_bytes=200_000)
+    codec = RecordCodec()
+    rows = read_stream(records_file, 3)
+    good = [record(codec.encode_event_fields(r.id, r.text), i) for i, r in enumerate(rows)]
+    bad = [
+        record(b"[" * 100_000, 10),  # nested too deep for the JSON parser (RecursionError)
+        record(b'{"id": "a", "text": "caf\xed\xa0\xbd"}', 11),  # not UTF-8 (a surrogate)
+        record(b'{"id": "\\ud83d", "text": "lone surrogate id"}', 12),
+        record(b'{"id": "b", "text": "lone \\ud83d in the text"}', 13),
+        record(json.dumps({"id": "i" * (MAX_ID_BYTES + 1), "text": "long id"}).encode(), 14),
+    ]
+    out = await op.handle_events(good + bad)
+    assert sorted(o["id"] for o in by_topic(out, "output")) == sorted(r.id for r in rows)
+    assert reasons(out) == [(dl.MALFORMED_JSON, 10), (dl.MALFORMED_JSON, 11),
+                            (dl.MISSING_ID, 12), (dl.MISSING_ID, 14), (dl.MISSING_TEXT, 13)]
+
+
+async def test_feedback_with_an_unknown_source_or_deep_json_is_a_dead_letter(
+        records_file: Path) -> None:
+    op = make_operator(records_file)
+    label = TASK.labels.names[0]
+    values = [json.dumps({"id": "1", "label": label, "source": s}).encode()
+              for s in ("grund_truth", 5, "s" * 1000)]
+    values += [b"[" * 100_000, json.dumps({"id": "1", "label": label}).encode()]
+    op.codec = RecordCodec(max_bytes=200_000)
+    result = op.handle_feedback([record(v, i, topic="fb") for i, v in enumerate(values)])
+    letters = [json.loads(o.value) for o in result.outgoing if o.topic == "dlq"]
+    assert [(d["reason"], d["offset"]) for d in letters] == [
+        (dl.UNKNOWN_SOURCE, 0), (dl.UNKNOWN_SOURCE, 1), (dl.UNKNOWN_SOURCE, 2),
+        (dl.MALFORMED_JSON, 3)]
+    assert len(letters[2]["detail"]) < 300  # the source is quoted, not copied whole
+    assert op.decision_log.pending == 1  # the one without a source waits as ground truth
+
+
+async def test_a_repeated_id_in_one_batch_gets_each_of_its_answers(records_file: Path) -> None:
+    """The first copy of an id answered early and the second by the LLM (a reused id with
+    another text, or an audit): each copy gets its output."""
+    op = make_operator(records_file)
+    codec = RecordCodec()
+    label = TASK.labels.names[0]
+    calls: list[list[str]] = []
+
+    async def answer(events: list[Event], on_early: Any = None) -> list[Decision]:
+        calls.append([e.id for e in events])
+        decisions = [Decision(e.id, label, 0, "river" if i == 0 else "llm", 0, 0.9, 1.0, [])
+                     for i, e in enumerate(events)]
+        if on_early is not None:
+            on_early(decisions[:1])
+            return decisions
+        return decisions
+
+    op.cascade.answer = answer  # type: ignore[method-assign]
+    values = [codec.encode_event_fields(i, f"text {n}") for n, i in enumerate("abab")]
+    written: list[Outgoing] = []
+    out = await op.handle_events([record(v, n) for n, v in enumerate(values)], written.extend)
+    assert sorted(o["id"] for o in by_topic(out + written, "output")) == ["a", "a", "b", "b"]
+    assert calls == [["a", "b"], ["a", "b"]] and reasons(out) == []
+
+
+async def test_an_llm_that_answers_part_of_a_batch_fails_only_the_rest(records_file: Path
+                                                                       ) -> None:
+    op = make_operator(records_file)
+    codec = RecordCodec()
+    rows = read_stream(records_file, 4)
+    real = op.cascade.llm.answer
+
+    async def half(events: list[Event]) -> list[LLMAnswer]:
+        answers = await real(events)
+        return [*answers[:2], LLMAnswer(99, 1.0, None, "99")]  # too few, one outside the labels
+
+    op.cascade.llm.answer = half  # type: ignore[method-assign]
+    out = await op.handle_events([record(codec.encode_event_fields(r.id, r.text), i)
+                                  for i, r in enumerate(rows)])
+    assert sorted(o["id"] for o in by_topic(out, "output")) == sorted(r.id for r in rows[:2])
+    letters = by_topic(out, "dlq")
+    assert sorted((d["reason"], d["offset"]) for d in letters) == [(dl.LLM_FAILED, 2),
+                                                                  (dl.LLM_FAILED, 3)]
+    assert "outside" in letters[0]["detail"] + letters[1]["detail"]
+    # Only the answered events' feedback, on their partition; nothing left for the next batch.
+    assert sorted(json.loads(o.value)["id"] for o in out if o.topic == "feedback") == sorted(
+        r.id for r in rows[:2])
+    assert op.cascade.take_demonstrations() == []
+
+
+def test_a_dead_letter_fits_its_topic_with_a_large_key_and_detail(records_file: Path
+                                                                  ) -> None:
+    op = make_operator(records_file)
+    op.dead_letter_max_bytes = 1_048_588  # a topic made with the broker's default
+    for key in (b"k" * 200_000, b"k" * 20_000, None):
+        letter = op._dead_letter(b"x" * 800_000, dl.MALFORMED_JSON, dl.SourcePosition("t", 0, 1),
+                                 "d" * 50_000, key)
+        size = len(letter.value) + len(letter.key or b"")
+        assert size <= op.dead_letter_max_bytes, (len(key or b""), size)
+        detail: Any = json.loads(letter.value)["detail"]
+        assert "cut" in detail and len(detail) < 2000
