@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,7 +171,9 @@ class RecordCodec:
                 "id": decision.event_id,
                 "label": decision.label,
                 "stage": decision.stage,
-                "confidence": round(float(decision.confidence), 6),
+                # (JSON has no NaN: a stage's broken probability is no confidence, not bad JSON)
+                "confidence": round(float(decision.confidence), 6)
+                if math.isfinite(decision.confidence) else None,
                 "cost": float(decision.cost),
                 "model_version": int(decision.model_version),
                 "latency_ms": round(latency_ms, 3),

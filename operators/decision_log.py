@@ -58,6 +58,8 @@ class PendingFeedback:
     key: bytes | None = None
     #: Whatever the caller needs back when this feedback leaves the log (the Faust event to ack).
     token: Any = None
+    #: Pushed out by capacity rather than expired.
+    evicted: bool = False
 
 
 @dataclass(slots=True)
@@ -161,6 +163,7 @@ class DecisionLog:
         _, oldest = self._pending.popitem(last=False)
         self._held -= len(oldest.raw)
         self._forget_pending(oldest.feedback.event_id)
+        oldest.evicted = True
         self._evicted.append(oldest)
 
     def add_feedback(

@@ -169,7 +169,8 @@ class CascadeOperator:
                       write_early: Callable[[list[Outgoing]], None] | None) -> list[Outgoing]:
         """Answer decoded events with distinct ids (see :meth:`handle_events`)."""
         out: list[Outgoing] = []
-        written: dict[str, float] = {}  # event id -> latency of its early output
+        written: dict[str, tuple[float, Decision]] = {}  # event id -> its early output's
+        # latency and answer
         hook: dict[str, Any] = {}
         if write_early is not None:
             hook["on_early"] = self._early_writer(events, sources, written, write_early)
@@ -184,8 +185,10 @@ class CascadeOperator:
             take = getattr(self.cascade, "take_demonstrations", None)
             if take is not None:
                 take()  # the LLM answers of a failed batch: its events are dead letters
-            for event in events:  # their labels still teach
-                out.extend(self._log_event(event, None, ""))
+            for event in events:  # their labels still teach (an early answer is an answer)
+                early = written.get(event.id)
+                out.extend(self._log_event(event, early[1].label_index if early else None,
+                                           early[1].stage if early else ""))
             return out
         self.metrics.observe_llm_calls(decisions)
         now = self.clock()
@@ -198,7 +201,7 @@ class CascadeOperator:
                 continue
             answered.append(decision)
             if event.id in written:
-                latencies.append(written[event.id])
+                latencies.append(written[event.id][0])
             else:
                 latency = now - record.received_at
                 latencies.append(latency)
@@ -226,7 +229,7 @@ class CascadeOperator:
         return tokens
 
     def _early_writer(self, events: Sequence[Event], sources: Sequence[InRecord],
-                      written: dict[str, float],
+                      written: dict[str, tuple[float, Decision]],
                       write: Callable[[list[Outgoing]], None]) -> Callable[[list[Decision]], None]:
         """The cascade's ``on_early`` hook: encode early answers and hand them to ``write``,
         noting each one's latency in ``written``."""
@@ -235,12 +238,12 @@ class CascadeOperator:
         def on_early(decisions: list[Decision]) -> None:
             now = self.clock()
             batch = []
-            latencies = {}
+            latencies: dict[str, tuple[float, Decision]] = {}
             for decision in decisions:
                 latency = now - received[decision.event_id]
                 batch.append(Outgoing("output", self.codec.key(decision.event_id),
                                       self.codec.encode_output(decision, latency * 1e3)))
-                latencies[decision.event_id] = latency
+                latencies[decision.event_id] = (latency, decision)
             write(batch)
             written.update(latencies)  # only once they are handed over
 
@@ -301,7 +304,12 @@ class CascadeOperator:
 
     def _expired_letter(self, waiting: PendingFeedback) -> Outgoing:
         position = waiting.position or dl.SourcePosition("", -1, -1)
-        detail = f"no event {waiting.feedback.event_id!r} within {self.decision_log.ttl_s:g} s"
+        if waiting.evicted:
+            detail = (f"no event {waiting.feedback.event_id!r} before the decision log, "
+                      "full, let the feedback go (its capacity: decision_log_size)")
+        else:
+            detail = (f"no event {waiting.feedback.event_id!r} within "
+                      f"{self.decision_log.ttl_s:g} s")
         return self._dead_letter(waiting.raw, dl.FEEDBACK_UNMATCHED, position, detail,
                                  waiting.key)
 

@@ -127,3 +127,28 @@ def test_a_dead_letter_fits_its_topic_with_a_large_key_and_detail(records_file: 
         assert size <= op.dead_letter_max_bytes, (len(key or b""), size)
         detail: Any = json.loads(letter.value)["detail"]
         assert "cut" in detail and len(detail) < 2000
+
+
+async def test_early_answers_of_a_failed_batch_are_logged_as_answers(records_file: Path) -> None:
+    """A batch whose cascade raised after its early answers were written: those events are
+    answered (no dead letter), and the decision log keeps their answers, so their ground truth
+    scores them as they were answered, not as unanswered."""
+    op = make_operator(records_file)
+    codec = RecordCodec()
+    label = TASK.labels.names[1]
+
+    async def answer(events: list[Event], on_early: Any = None) -> list[Decision]:
+        on_early([Decision(events[0].id, label, 1, "river", 0, float("nan"), 1.0, [])])
+        raise RuntimeError("a stage failed")
+
+    op.cascade.answer = answer  # type: ignore[method-assign]
+    written: list[Outgoing] = []
+    out = await op.handle_events([record(codec.encode_event_fields(i, "text"), n)
+                                  for n, i in enumerate("ab")], written.extend)
+    assert [json.loads(o.value)["confidence"] for o in written] == [None]  # not NaN
+    assert reasons(out) == [(dl.CASCADE_ERROR, 1)]
+    truth = op.handle_feedback([record(codec.encode_feedback("a", label, "ground_truth"), 0,
+                                       topic="fb")])
+    assert [o.topic for o in truth.outgoing] == ["demonstrations"]
+    assert op.metrics.quality._value.get() == 1.0  # scored as the early answer it got
+

@@ -88,8 +88,8 @@ def test_capacity_bounds_events_and_pending_feedback() -> None:
     log.add_feedback(fb("x"), b"", None)
     log.add_feedback(fb("y"), b"", None)
     assert log.pending == 2
-    # The oldest waiting feedback was pushed out and comes back for a dead letter.
-    assert [p.feedback.event_id for p in log.expire()] == ["0"]
+    # The oldest waiting feedback was pushed out and comes back for a dead letter that says so.
+    assert [(p.feedback.event_id, p.evicted) for p in log.expire()] == [("0", True)]
     assert log.add_feedback(fb("4"), b"", None) is not None
 
 
