@@ -54,6 +54,11 @@ def codec_from(settings: Settings) -> RecordCodec:
     )
 
 
+def default_dlq(source: str) -> str:
+    """The dead-letter topic of an input topic when none is named."""
+    return f"{source}-dead-letters"
+
+
 def attach(
     app: Any,
     cascade: Any,
@@ -81,7 +86,8 @@ def attach(
         Labels ``{id, label, source}``, keyed by event id, with as many partitions as ``source``;
         the operator also writes the LLM's answers there. Without it nothing is learned.
     dlq
-        Dead letters; without it they are logged as errors.
+        Dead letters (default ``<source>-dead-letters``: a dead letter is never only logged).
+        ``streamcascade worker`` creates it; here, create it (or let the broker) beforehand.
     state_topic
         The compacted model-state topic; needs ``signing_key`` (or the setting
         ``state_signing_key``). Without it each worker learns alone and nothing survives a restart.
@@ -103,7 +109,7 @@ def attach(
             "STREAMCASCADE_STATE_SIGNING_KEY (the same secret on every worker)"
         )
     signer = StateSigner(key) if state_topic and key is not None else None
-    topics = OperatorTopics(source, sink, feedback, dlq, state_topic)
+    topics = OperatorTopics(source, sink, feedback, dlq or default_dlq(source), state_topic)
     handle = install(app, cascade, topics, codec=codec_from(settings), signer=signer,
                      options=options_from(settings))
     port = metrics_port if metrics_port is not None else settings.metrics_port

@@ -160,7 +160,8 @@ def make_app(settings: Settings, bootstrap: str) -> Any:
 @click.option("--input", "input_topic", help="Input topic of JSON events.")
 @click.option("--output", "output_topic", help="Output topic of JSON answers, keyed by id.")
 @click.option("--feedback", "feedback_topic", help="Feedback topic {id, label, source}.")
-@click.option("--dlq", "dlq_topic", help="Dead-letter topic.")
+@click.option("--dlq", "dlq_topic",
+              help="Dead-letter topic (default: <input>-dead-letters).")
 @click.option("--state-topic", "state_topic", help="Compacted model-state topic.")
 @click.option("--partitions", type=int, default=1, show_default=True,
               help="Partitions of the input (and feedback) topic when they must be created.")
@@ -225,7 +226,7 @@ def worker(
     """
     import faust
 
-    from streamcascade.attach import attach, codec_from, options_from
+    from streamcascade.attach import attach, codec_from, default_dlq, options_from
     from streamcascade.operators.passthrough import install_passthrough
     from streamcascade.operators.topics import TopicPlan, ensure_topics
 
@@ -238,6 +239,7 @@ def worker(
                                      "STREAMCASCADE_BOOTSTRAP (or run `streamcascade kafka up`)")
         # Everything that can be refused is checked before a topic is created on the cluster.
         app = make_app(settings, bootstrap)
+        dlq_topic = settings.dlq_topic or default_dlq(settings.input_topic)
         if pass_through:
             install_passthrough(app, settings.input_topic, settings.output_topic,
                                 codec_from(settings), options_from(settings),
@@ -250,12 +252,12 @@ def worker(
                 seed, warmup, llm, llm_records, llm_url, llm_model, settings,
                 ctx.meta.get("cascade_overrides"), parse_stage_options(stage_option))
             attach(app, cascade, source=settings.input_topic, sink=settings.output_topic,
-                   feedback=settings.feedback_topic, dlq=settings.dlq_topic,
+                   feedback=settings.feedback_topic, dlq=dlq_topic,
                    state_topic=settings.state_topic, settings=settings)
         ensure_topics(bootstrap, TopicPlan(
             settings.input_topic, settings.output_topic,
             None if pass_through else settings.feedback_topic,
-            None if pass_through else settings.dlq_topic,
+            None if pass_through else dlq_topic,
             None if pass_through else settings.state_topic,
             partitions=partitions, state_max_bytes=settings.state_max_bytes))
     except (StreamcascadeError, ValidationError, OSError) as exc:  # OSError: a port in use
