@@ -450,6 +450,8 @@ class OpenAIChatLLM:
                 )
                 self._constraint = {}
                 response, status = retry, 200
+            elif retry.status_code == 429 or retry.status_code >= 500:
+                response, status = retry, retry.status_code  # a passing fault: retried below
         if status == 429 or status >= 500:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             error = LLMUnavailableError(

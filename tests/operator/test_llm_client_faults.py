@@ -380,6 +380,18 @@ async def test_a_server_that_rejects_the_constraint_is_asked_without_it(
     assert ["response_format" in s.body for s in server.seen] == [True, False, False]
 
 
+async def test_a_passing_fault_after_a_rejected_constraint_is_retried(
+    server: FaultServer,
+) -> None:
+    # Rejected with the constraint, then a 503 without it: a server fault, retried, not the 400.
+    server.script = ["reject-constraint", "500", "reject-constraint"]
+    llm = make(server, constrain="json_schema")
+    async with llm:
+        answers = await llm.answer(events(1))
+    assert [(a.label, a.error) for a in answers] == [(1, None)]
+    assert ["response_format" in s.body for s in server.seen] == [True, False, True, False]
+
+
 async def test_the_cache_answers_repeats_and_stays_bounded(server: FaultServer) -> None:
     llm = make(server, cache_size=2)
     async with llm:
