@@ -121,6 +121,12 @@ class CascadeConfig:
         return cls(**data)
 
 
+def _is_index(label: object, k: int) -> bool:
+    """Whether ``label`` is an index of one of ``k`` labels (an integer, not a bool)."""
+    return (isinstance(label, int | np.integer) and not isinstance(label, bool)
+            and 0 <= int(label) < k)
+
+
 class Cascade:
     """Routes events through ``stages`` then ``llm``; learns from demonstrations."""
 
@@ -287,14 +293,14 @@ class Cascade:
         """The backend's answers, one per event asked, each inside the label set: a backend
         that answers too few, or outside the labels, gives no answer for those events rather
         than a batch that fails."""
-        out = list(answers[:n])
-        if len(out) < n:
-            missing = f"the LLM backend gave {len(answers)} answers for {n} events"
-            out += [LLMAnswer(None, 0.0, missing)] * (n - len(out))
+        if len(answers) != n:  # out of line with the events: none of them can be trusted
+            wrong = f"the LLM backend gave {len(answers)} answers for {n} events"
+            return [LLMAnswer(None, 0.0, wrong)] * n
         k = len(self.task.labels)
-        return [a if a.label is None or 0 <= a.label < k else
-                LLMAnswer(None, a.cost, f"answer index {a.label} is outside the {k} labels", a.raw)
-                for a in out]
+        return [a if a.label is None or _is_index(a.label, k) else
+                LLMAnswer(None, a.cost, f"answer {a.label!r} is not one of the {k} labels' "
+                          "indices", a.raw)
+                for a in answers]
 
     def _decision(self, event: Event, label: int, stage_index: int, confidence: float,
                   cost: float, path: list[str], error: str | None, version: int) -> Decision:

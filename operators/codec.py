@@ -96,8 +96,9 @@ class RecordCodec:
         if len(raw) > self.max_bytes:
             raise RecordError(dl.OVERSIZED, f"{len(raw)} bytes > limit {self.max_bytes}")
         try:
-            # Decoded strictly first: json.loads(bytes) lets invalid UTF-8 through as surrogates.
-            value = json.loads(raw.decode("utf-8"))
+            # Decoded strictly first (json.loads(bytes) lets invalid UTF-8 through as lone
+            # surrogates), in the encoding JSON allows that the bytes show (a BOM, UTF-16, ...).
+            value = json.loads(raw.decode(json.detect_encoding(raw)))
         except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
             raise RecordError(dl.MALFORMED_JSON, f"not JSON ({type(exc).__name__})") from None
         if not isinstance(value, dict):

@@ -39,7 +39,11 @@ from streamcascade.operators.operator import (
     write_all,
 )
 from streamcascade.operators.state_store import STATE_KEY, Snapshot, StateSigner, StateWatcher
-from streamcascade.operators.topics import partition_counts, topic_max_bytes
+from streamcascade.operators.topics import (
+    ensure_dead_letter_topic,
+    partition_counts,
+    topic_max_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -374,9 +378,13 @@ def install(
     async def load_model_state() -> None:
         if topics.dlq:
             # A dead-letter topic made elsewhere (an older version, an admin, a user of attach)
-            # may take less than dl.MAX_BYTES: a dead letter it refused would stop the stream.
-            limit = await asyncio.get_running_loop().run_in_executor(
-                None, topic_max_bytes, bootstrap_of(app), topics.dlq)
+            # may take less than dl.MAX_BYTES, or be missing: a dead letter it refused would
+            # stop the stream.
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, ensure_dead_letter_topic, bootstrap_of(app),
+                                       topics.dlq)
+            limit = await loop.run_in_executor(None, topic_max_bytes, bootstrap_of(app),
+                                               topics.dlq)
             if limit is not None and limit < dl.MAX_BYTES:
                 log.warning("dead-letter topic %s takes records of at most %d bytes: originals "
                             "over about %d bytes are cut in their dead letters", topics.dlq,

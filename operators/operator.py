@@ -150,19 +150,26 @@ class CascadeOperator:
                 sources.append(record)
             except RecordError as exc:
                 out.append(self._letter(record, exc.reason, exc.detail))
-        while events:
-            # A round answers each id once (its answers, latencies and feedback are keyed by
-            # id); a record that repeats an id of the batch (a producer's retry, or a reused id)
-            # is answered in the next round.
+        # An exact repeat of an event in the batch (a producer's retry: same id, same text) is
+        # the same event, answered once. A reused id with another text is answered in a later
+        # round (answers, latencies and feedback are keyed by id), without early writes, so that
+        # the later record's answer is written after the earlier one's.
+        known: set[tuple[str, str]] = set()
+        pending: list[tuple[Event, InRecord]] = []
+        for event, record in zip(events, sources, strict=True):
+            if (event.id, event.text) not in known:
+                known.add((event.id, event.text))
+                pending.append((event, record))
+        hook = write_early
+        while pending:
             seen: set[str] = set()
             first: list[tuple[Event, InRecord]] = []
             later: list[tuple[Event, InRecord]] = []
-            for event, record in zip(events, sources, strict=True):
+            for event, record in pending:
                 (later if event.id in seen else first).append((event, record))
                 seen.add(event.id)
-            out.extend(await self._answer([e for e, _ in first], [r for _, r in first],
-                                          write_early))
-            events, sources = [e for e, _ in later], [r for _, r in later]
+            out.extend(await self._answer([e for e, _ in first], [r for _, r in first], hook))
+            pending, hook = later, None
         return out
 
     async def _answer(self, events: list[Event], sources: list[InRecord],
@@ -306,7 +313,7 @@ class CascadeOperator:
         position = waiting.position or dl.SourcePosition("", -1, -1)
         if waiting.evicted:
             detail = (f"no event {waiting.feedback.event_id!r} before the decision log, "
-                      "full, let the feedback go (its capacity: decision_log_size)")
+                      "full, let the feedback go (its capacity in records or bytes)")
         else:
             detail = (f"no event {waiting.feedback.event_id!r} within "
                       f"{self.decision_log.ttl_s:g} s")

@@ -60,8 +60,6 @@ def ensure_topics(bootstrap: str, plan: TopicPlan, timeout: float = 30.0) -> dic
 
     Returns the partition count of each topic of the plan.
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
-
     existing = partition_counts(bootstrap, timeout)
     n_input = existing.get(plan.input, plan.partitions)
     wanted: dict[str, tuple[int, dict[str, str]]] = {
@@ -82,6 +80,22 @@ def ensure_topics(bootstrap: str, plan: TopicPlan, timeout: float = 30.0) -> dic
             f"topic {plan.input!r} has {n_input}: they must be equal (co-partitioned), so that "
             "feedback reaches the worker that answered its event"
         )
+    _create_missing(bootstrap, wanted, existing, timeout)
+    return {name: existing.get(name, n) for name, (n, _) in wanted.items()}
+
+
+def ensure_dead_letter_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> None:
+    """Create ``topic`` for dead letters if it is missing (``attach`` users name it and may not
+    have made it; a dead letter the broker refused would stop the stream)."""
+    existing = partition_counts(bootstrap, timeout)
+    wanted = {topic: (1, {"max.message.bytes": str(dl.MAX_BYTES)})}
+    _create_missing(bootstrap, wanted, existing, timeout)
+
+
+def _create_missing(bootstrap: str, wanted: dict[str, tuple[int, dict[str, str]]],
+                    existing: dict[str, int], timeout: float) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
     missing = [
         NewTopic(name, num_partitions=n, replication_factor=-1, config=config)
         for name, (n, config) in wanted.items()
@@ -95,4 +109,3 @@ def ensure_topics(bootstrap: str, plan: TopicPlan, timeout: float = 30.0) -> dic
             except Exception as exc:  # a race with another worker creating it is fine
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise ConfigurationError(f"could not create topic {name!r}: {exc}") from None
-    return {name: existing.get(name, n) for name, (n, _) in wanted.items()}

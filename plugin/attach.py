@@ -86,8 +86,8 @@ def attach(
         Labels ``{id, label, source}``, keyed by event id, with as many partitions as ``source``;
         the operator also writes the LLM's answers there. Without it nothing is learned.
     dlq
-        Dead letters (default ``<source>-dead-letters``: a dead letter is never only logged).
-        ``streamcascade worker`` creates it; here, create it (or let the broker) beforehand.
+        Dead letters (default: the ``dlq_topic`` setting, else ``<source>-dead-letters``; a dead
+        letter is never only logged). Created at start if missing.
     state_topic
         The compacted model-state topic; needs ``signing_key`` (or the setting
         ``state_signing_key``). Without it each worker learns alone and nothing survives a restart.
@@ -109,7 +109,8 @@ def attach(
             "STREAMCASCADE_STATE_SIGNING_KEY (the same secret on every worker)"
         )
     signer = StateSigner(key) if state_topic and key is not None else None
-    topics = OperatorTopics(source, sink, feedback, dlq or default_dlq(source), state_topic)
+    dlq = dlq or settings.dlq_topic or default_dlq(source)
+    topics = OperatorTopics(source, sink, feedback, dlq, state_topic)
     handle = install(app, cascade, topics, codec=codec_from(settings), signer=signer,
                      options=options_from(settings))
     port = metrics_port if metrics_port is not None else settings.metrics_port

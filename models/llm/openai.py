@@ -496,7 +496,7 @@ class OpenAIChatLLM:
         try:
             prompt = int(usage.get("prompt_tokens") or 0)
             completion = int(usage.get("completion_tokens") or 0)
-        except (TypeError, ValueError):  # a server's odd usage must not cost the answer
+        except (TypeError, ValueError, OverflowError):  # odd usage must not cost the answer
             logger.warning("unreadable token usage from %s: %.200r", self._endpoint, usage)
             return
         self.stats.prompt_tokens += prompt

@@ -161,7 +161,8 @@ def make_app(settings: Settings, bootstrap: str) -> Any:
 @click.option("--output", "output_topic", help="Output topic of JSON answers, keyed by id.")
 @click.option("--feedback", "feedback_topic", help="Feedback topic {id, label, source}.")
 @click.option("--dlq", "dlq_topic",
-              help="Dead-letter topic (default: <input>-dead-letters).")
+              help="Dead-letter topic (default: dead-letters; if set empty, "
+                   "<input>-dead-letters).")
 @click.option("--state-topic", "state_topic", help="Compacted model-state topic.")
 @click.option("--partitions", type=int, default=1, show_default=True,
               help="Partitions of the input (and feedback) topic when they must be created.")

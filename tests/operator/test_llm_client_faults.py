@@ -39,10 +39,10 @@ class Seen:
 class FaultServer:
     """An HTTP server that misbehaves on cue: ``script`` is consumed one action per request.
 
-    Actions: ``"ok"`` / ``"ok:<content>"``, ``"oddusage"`` (ok, with token counts that are not
-    numbers), ``"slow:<seconds>"``, ``"429:<retry-after>"``,
-    ``"500"``, ``"500-echo"`` (echoes the request's Authorization header), ``"malformed"``,
-    ``"nochoices"``, ``"drop"`` (closes the connection without answering), ``"reject-constraint"``
+    Actions: ``"ok"`` / ``"ok:<content>"``, ``"oddusage:<usage JSON>"`` (ok, with that usage),
+    ``"slow:<seconds>"``, ``"429:<retry-after>"``, ``"500"``, ``"500-echo"`` (echoes the
+    request's Authorization header), ``"malformed"``, ``"nochoices"``, ``"drop"`` (closes the
+    connection without answering), ``"reject-constraint"``
     (400 when the body has a constraint, else ok).
     """
 
@@ -109,8 +109,8 @@ class FaultServer:
                 return True
             kind = "ok"
         usage: object = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
-        if kind == "oddusage":
-            kind, usage = "ok", {"prompt_tokens": "n/a", "completion_tokens": [1]}
+        if kind == "oddusage":  # ok, with the usage given (JSON; Infinity included)
+            kind, usage, arg = "ok", json.loads(arg), ""
         if kind == "ok":
             messages = body["messages"]
             assert isinstance(messages, list)
@@ -197,12 +197,13 @@ async def test_answers_send_the_key_and_charge_the_usage(server: FaultServer) ->
 
 
 async def test_an_unreadable_usage_keeps_the_answer(server: FaultServer) -> None:
-    server.script = ["oddusage"]
+    server.script = ['oddusage:{"prompt_tokens": "n/a"}', 'oddusage:{"prompt_tokens": Infinity}',
+                     'oddusage:{"completion_tokens": [1]}']
     llm = make(server)
     async with llm:
-        answers = await llm.answer(events(1))
-    assert [(a.label, a.error) for a in answers] == [(1, None)]
-    assert len(server.seen) == 1 and llm.stats.prompt_tokens == 0
+        answers = await llm.answer(events(3))
+    assert [(a.label, a.error) for a in answers] == [(1, None)] * 3
+    assert len(server.seen) == 3 and llm.stats.prompt_tokens == 0
 
 
 async def test_a_slow_server_times_out_within_the_limits(server: FaultServer) -> None:

@@ -340,9 +340,12 @@ def test_attach_installs_the_agents_into_a_faust_app(records_file: Path) -> None
         "streamcascade-in-operator", "streamcascade-in-feedback", "streamcascade-in-learner"}
     assert app.conf.stream_wait_empty is False
     # Without a dead-letter topic named, dead letters still go to one, never only to the log.
+    from streamcascade.settings import Settings
+
     other = faust.App("attach-test-2", broker="kafka://127.0.0.1:1", web_enabled=False)
-    assert streamcascade.attach(other, cascade, source="in", sink="out").topics.dlq == (
-        "in-dead-letters")
+    no_default = Settings(dlq_topic=None)
+    assert streamcascade.attach(other, cascade, source="in", sink="out",
+                                settings=no_default).topics.dlq == "in-dead-letters"
 
 
 async def test_an_unreachable_llm_gives_dead_letters_after_retries_and_the_stream_goes_on(

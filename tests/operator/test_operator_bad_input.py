@@ -43,8 +43,13 @@ async def test_unusable_records_are_dead_letters_and_the_batch_is_answered(
         record(b'{"id": "b", "text": "lone \\ud83d in the text"}', 13),
         record(json.dumps({"id": "i" * (MAX_ID_BYTES + 1), "text": "long id"}).encode(), 14),
     ]
-    out = await op.handle_events(good + bad)
-    assert sorted(o["id"] for o in by_topic(out, "output")) == sorted(r.id for r in rows)
+    # JSON in the encodings RFC 8259 allows is fine: a BOM, UTF-16.
+    bom, u16 = read_stream(records_file, 5)[3:]
+    fine = [record(b"\xef\xbb\xbf" + codec.encode_event_fields(bom.id, bom.text), 20),
+            record(json.dumps({"id": u16.id, "text": u16.text}).encode("utf-16-le"), 21)]
+    out = await op.handle_events(good + bad + fine)
+    assert sorted(o["id"] for o in by_topic(out, "output")) == sorted(
+        [r.id for r in rows] + [bom.id, u16.id])
     assert reasons(out) == [(dl.MALFORMED_JSON, 10), (dl.MALFORMED_JSON, 11),
                             (dl.MISSING_ID, 12), (dl.MISSING_ID, 14), (dl.MISSING_TEXT, 13)]
 
@@ -85,35 +90,45 @@ async def test_a_repeated_id_in_one_batch_gets_each_of_its_answers(records_file:
 
     op.cascade.answer = answer  # type: ignore[method-assign]
     values = [codec.encode_event_fields(i, f"text {n}") for n, i in enumerate("abab")]
+    values.append(values[1])  # an exact repeat (a producer's retry): the same event, once
     written: list[Outgoing] = []
     out = await op.handle_events([record(v, n) for n, v in enumerate(values)], written.extend)
-    assert sorted(o["id"] for o in by_topic(out + written, "output")) == ["a", "a", "b", "b"]
+    assert [o["id"] for o in by_topic(written, "output")] == ["a"]  # round 1's early answer
+    # The second round writes no early answers: its records come after the first round's.
+    assert [(o["id"], o["stage"]) for o in by_topic(out, "output")] == [
+        ("b", "llm"), ("a", "river"), ("b", "llm")]
     assert calls == [["a", "b"], ["a", "b"]] and reasons(out) == []
 
 
-async def test_an_llm_that_answers_part_of_a_batch_fails_only_the_rest(records_file: Path
-                                                                       ) -> None:
+async def test_llm_answers_out_of_line_or_outside_the_labels_fail_only_their_events(
+        records_file: Path) -> None:
     op = make_operator(records_file)
     codec = RecordCodec()
-    rows = read_stream(records_file, 4)
+    rows = read_stream(records_file, 5)
     real = op.cascade.llm.answer
+    short = [False]
 
-    async def half(events: list[Event]) -> list[LLMAnswer]:
-        answers = await real(events)
-        return [*answers[:2], LLMAnswer(99, 1.0, None, "99")]  # too few, one outside the labels
+    async def odd(events: list[Event]) -> list[LLMAnswer]:
+        answers = list(await real(events))
+        if short[0]:
+            return answers[:-1]  # one answer fewer than events: none can be trusted
+        bad: list[Any] = [99, "1", True]
+        return answers[:2] + [LLMAnswer(b, 1.0, None, str(b)) for b in bad]
 
-    op.cascade.llm.answer = half  # type: ignore[method-assign]
-    out = await op.handle_events([record(codec.encode_event_fields(r.id, r.text), i)
-                                  for i, r in enumerate(rows)])
+    op.cascade.llm.answer = odd  # type: ignore[method-assign]
+    batch = [record(codec.encode_event_fields(r.id, r.text), i) for i, r in enumerate(rows)]
+    out = await op.handle_events(batch)
     assert sorted(o["id"] for o in by_topic(out, "output")) == sorted(r.id for r in rows[:2])
-    letters = by_topic(out, "dlq")
-    assert sorted((d["reason"], d["offset"]) for d in letters) == [(dl.LLM_FAILED, 2),
-                                                                  (dl.LLM_FAILED, 3)]
-    assert "outside" in letters[0]["detail"] + letters[1]["detail"]
-    # Only the answered events' feedback, on their partition; nothing left for the next batch.
+    assert reasons(out) == [(dl.LLM_FAILED, 2), (dl.LLM_FAILED, 3), (dl.LLM_FAILED, 4)]
     assert sorted(json.loads(o.value)["id"] for o in out if o.topic == "feedback") == sorted(
         r.id for r in rows[:2])
-    assert op.cascade.take_demonstrations() == []
+    short[0] = True
+    out = await op.handle_events([record(codec.encode_event_fields(f"s{r.id}", r.text), i)
+                                  for i, r in enumerate(rows)])
+    assert reasons(out) == [(dl.LLM_FAILED, i) for i in range(5)]
+    assert "answers for 5 events" in by_topic(out, "dlq")[0]["detail"]
+    assert [o for o in out if o.topic == "feedback"] == []
+    assert op.cascade.take_demonstrations() == []  # nothing left for the next batch
 
 
 def test_a_dead_letter_fits_its_topic_with_a_large_key_and_detail(records_file: Path
