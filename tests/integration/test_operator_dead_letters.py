@@ -90,14 +90,24 @@ def test_the_dead_letter_topic_takes_dead_letters_of_large_records(
     from confluent_kafka.admin import AdminClient
 
     from streamcascade.operators import dead_letters as dl
-    from streamcascade.operators.topics import TopicPlan, ensure_topics, topic_max_bytes
+    from streamcascade.operators.topics import (
+        TopicPlan,
+        ensure_dead_letter_topic,
+        ensure_topics,
+        topic_max_bytes,
+    )
 
-    name = f"dlq-{uuid.uuid4().hex[:8]}"
+    name, attached = f"dlq-{uuid.uuid4().hex[:8]}", f"dlq-attach-{uuid.uuid4().hex[:8]}"
     try:
         ensure_topics(kafka_bootstrap, TopicPlan(new_topic(1), new_topic(1), dlq=name))
         assert topic_max_bytes(kafka_bootstrap, name) == dl.MAX_BYTES
+        # What attach() does at start for a dead-letter topic nobody made.
+        assert topic_max_bytes(kafka_bootstrap, attached) is None
+        ensure_dead_letter_topic(kafka_bootstrap, attached)
+        assert topic_max_bytes(kafka_bootstrap, attached) == dl.MAX_BYTES
     finally:
-        AdminClient({"bootstrap.servers": kafka_bootstrap}).delete_topics([name])
+        AdminClient({"bootstrap.servers": kafka_bootstrap}).delete_topics([name, attached])
     small = new_topic(1, **{"max.message.bytes": "1048588"})
+    ensure_dead_letter_topic(kafka_bootstrap, small)  # one made elsewhere is left as it is
     assert topic_max_bytes(kafka_bootstrap, small) == 1048588
     assert topic_max_bytes(kafka_bootstrap, "no-such-topic-" + name) is None
