@@ -113,9 +113,12 @@ class RecordCodec:
         event_id = str(event_id)
         if not event_id:
             raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} is empty")
-        if not _is_unicode(event_id):
-            raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} is not valid Unicode")
-        if len(event_id.encode("utf-8")) > MAX_ID_BYTES:
+        try:
+            size = len(event_id.encode("utf-8"))
+        except UnicodeEncodeError:  # (see _is_unicode)
+            raise RecordError(dl.MISSING_ID,
+                              f"field {self.id_field!r} is not valid Unicode") from None
+        if size > MAX_ID_BYTES:
             raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} is longer than "
                                              f"{MAX_ID_BYTES} bytes")
         return event_id

@@ -381,8 +381,13 @@ def install(
             # may take less than dl.MAX_BYTES, or be missing: a dead letter it refused would
             # stop the stream.
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, ensure_dead_letter_topic, bootstrap_of(app),
-                                       topics.dlq)
+            try:
+                await loop.run_in_executor(None, ensure_dead_letter_topic, bootstrap_of(app),
+                                           topics.dlq)
+            except ConfigurationError as refused:  # say why, and stop: dead letters need it
+                log.error("%s", refused)
+                await app.crash(refused)
+                return
             limit = await loop.run_in_executor(None, topic_max_bytes, bootstrap_of(app),
                                                topics.dlq)
             if limit is not None and limit < dl.MAX_BYTES:
