@@ -47,6 +47,25 @@ def record(value: bytes | None, offset: int, partition: int = 1, topic: str = "e
                     time.monotonic(), handle=f"h{offset}")
 
 
+def demonstration_records(rows: Any) -> list[bytes]:
+    """Demonstration records (the learner's input) of ``rows``, labelled with ground truth."""
+    return [json.dumps({"id": r.id, "text": r.text, "label": r.label,
+                        "source": "ground_truth"}).encode() for r in rows]
+
+
+def logged_learning(op: CascadeOperator) -> list[str]:
+    """A timeline that gets ``learn <n>`` for every batch of ``n`` the cascade learns."""
+    timeline: list[str] = []
+    learn = op.cascade.learn
+
+    def logged_learn(batch: Any) -> None:
+        timeline.append(f"learn {len(batch)}")
+        learn(batch)
+
+    op.cascade.learn = logged_learn  # type: ignore[method-assign]
+    return timeline
+
+
 def by_topic(out: list[Outgoing], topic: str) -> list[dict[str, Any]]:
     return [json.loads(o.value) for o in out if o.topic == topic]
 
@@ -129,8 +148,7 @@ async def test_learner_publishes_signed_state_that_another_worker_loads(records_
     rows = read_stream(records_file, 200)
     out = await op.handle_events(
         [record(codec.encode_event_fields(r.id, r.text), i) for i, r in enumerate(rows)])
-    demos = [json.dumps({"id": r.id, "text": r.text, "label": r.label, "source": "ground_truth"})
-             .encode() for r in rows]
+    demos = demonstration_records(rows)
     published: list[bytes] = []
     acked: list[Any] = []
 
@@ -180,8 +198,7 @@ async def test_demonstrations_read_again_after_a_rebalance_are_not_learned_twice
     reads."""
     op = make_operator(records_file, warmup=20)
     rows = read_stream(records_file)[:40]
-    demos = [json.dumps({"id": r.id, "text": r.text, "label": r.label, "source": "ground_truth"})
-             .encode() for r in rows]
+    demos = demonstration_records(rows)
     published: list[bytes] = []
 
     async def publish(blob: bytes) -> None:
@@ -224,17 +241,9 @@ async def test_a_learner_whose_model_is_replaced_learns_again_what_it_would_ack(
 
     op = make_operator(records_file, warmup=20)
     rows = read_stream(records_file)[:20]
-    demos = [json.dumps({"id": r.id, "text": r.text, "label": r.label, "source": "ground_truth"})
-             .encode() for r in rows]
+    demos = demonstration_records(rows)
     learned = op.metrics.demonstrations.labels("ground_truth")
-    timeline: list[str] = []
-    learn = op.cascade.learn
-
-    def logged_learn(batch: Any) -> None:
-        timeline.append(f"learn {len(batch)}")
-        learn(batch)
-
-    op.cascade.learn = logged_learn  # type: ignore[method-assign]
+    timeline = logged_learning(op)
     published: list[bytes] = []
 
     async def publish(blob: bytes) -> None:
@@ -294,16 +303,8 @@ async def test_learning_lets_the_event_loop_turn_between_slices(records_file: Pa
     between the slices rather than wait for the whole batch."""
     op = make_operator(records_file, warmup=20)
     rows = read_stream(records_file)[:10]
-    demos = [json.dumps({"id": r.id, "text": r.text, "label": r.label, "source": "ground_truth"})
-             .encode() for r in rows]
-    timeline: list[str] = []
-    learn = op.cascade.learn
-
-    def logged_learn(batch: Any) -> None:
-        timeline.append(f"learn {len(batch)}")
-        learn(batch)
-
-    op.cascade.learn = logged_learn  # type: ignore[method-assign]
+    demos = demonstration_records(rows)
+    timeline = logged_learning(op)
 
     async def answering() -> None:
         for _ in range(3):
