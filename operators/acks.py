@@ -69,6 +69,8 @@ class Revocations:
 
     def fresh(self, records: Iterable[Any]) -> list[Any]:
         """``records`` less the stale ones (their partition's next owner handles them)."""
+        if not self._stale_through:  # no revoke yet: the per-batch path stays a list copy
+            return list(records)
         return [r for r in records if not self.is_stale(r)]
 
 

@@ -187,6 +187,21 @@ def back_off_failed_metadata_updates() -> None:
     AIOKafkaClient._metadata_update = metadata_update
 
 
+def follow_revocations(app: Any, revocations: Revocations,
+                       on_revoke: Callable[[set[Any]], None]) -> None:
+    """Keep ``revocations`` in step with the app's rebalances (see :class:`Revocations`);
+    ``on_revoke`` drops what the worker holds of the partitions just revoked."""
+    async def revoked(_sender: Any, tps: set[Any], **_kwargs: Any) -> None:
+        revocations.revoke(tps, int(app.consumer_generation_id))
+        on_revoke(tps)
+
+    async def assigned(_sender: Any, _tps: set[Any], **_kwargs: Any) -> None:
+        revocations.assigned(int(app.consumer_generation_id))
+
+    app.on_partitions_revoked.connect(revoked)
+    app.on_partitions_assigned.connect(assigned)
+
+
 class PipelinedWriter:
     """Writes a batch's records, and acks its input records once the broker has them all.
 
@@ -434,11 +449,10 @@ def install(
     input_acks: list[OffsetOrderAcks] = []
     feedback_acks: list[OffsetOrderAcks] = []
 
-    async def forget_revoked(_sender: Any, revoked: set[Any], **_kwargs: Any) -> None:
+    def forget_revoked(revoked: set[Any]) -> None:
         # Records of partitions a rebalance took away are read again by their next owner (this
         # worker too, if it gets them back): acking them, acting on them, or dead-lettering
         # their waiting feedback when it expires, would be wrong here.
-        revocations.revoke(revoked, int(app.consumer_generation_id))
         dropped = sum(acks.forget(revoked) for acks in input_acks + feedback_acks)
         dropped += learner.forget(revoked)
         waiting = decision_log.forget_feedback({(tp.topic, tp.partition) for tp in revoked})
@@ -447,12 +461,7 @@ def install(
                      "records forgotten; their next owner reads them again", dropped,
                      len(waiting))
 
-    app.on_partitions_revoked.connect(forget_revoked)
-
-    async def note_assignment(_sender: Any, _assigned: set[Any], **_kwargs: Any) -> None:
-        revocations.assigned(int(app.consumer_generation_id))
-
-    app.on_partitions_assigned.connect(note_assignment)
+    follow_revocations(app, revocations, forget_revoked)
 
     @app.timer(1.0)
     async def report_held_acks() -> None:

@@ -21,6 +21,7 @@ from streamcascade.operators.install import (
     OperatorOptions,
     PipelinedWriter,
     back_off_failed_metadata_updates,
+    follow_revocations,
     freeze_heap,
     low_latency_fetch,
     probe_loop_lag,
@@ -63,15 +64,7 @@ def install_passthrough(
         writer = PipelinedWriter(app, OffsetOrderAcks(stream.ack, revocations), send,
                                  options.max_in_flight_batches)
 
-        async def forget_revoked(_sender: Any, revoked: set[Any], **_kwargs: Any) -> None:
-            revocations.revoke(revoked, int(app.consumer_generation_id))  # as the operator
-            writer.acks.forget(revoked)
-
-        async def note_assignment(_sender: Any, _assigned: set[Any], **_kwargs: Any) -> None:
-            revocations.assigned(int(app.consumer_generation_id))
-
-        app.on_partitions_revoked.connect(forget_revoked)
-        app.on_partitions_assigned.connect(note_assignment)
+        follow_revocations(app, revocations, writer.acks.forget)  # as the operator
 
         async def loop() -> None:
             async for batch in micro_batches(stream, options.batch_size, options.batch_time_s):
