@@ -356,11 +356,12 @@ class OpenAIChatLLM:
                         f"next trial in {self._breaker.retry_in():.1f}s"
                     )
                 remaining = self.deadline - (time.monotonic() - started)
+                sent_at = self._breaker.clock()
                 try:
                     answer = await self._attempt(state, system, user, min(self.timeout, remaining))
                 except _Retryable as failure:
                     if failure.server_fault:
-                        self._breaker.record_failure()
+                        self._breaker.record_failure(sent_at)
                     else:
                         self._breaker.release()
                     delay = self._next_delay(failure, attempt, started)

@@ -71,6 +71,11 @@ class CircuitBreaker:
     calls are refused for ``reset_timeout`` seconds. Half-open: up to ``half_open_max`` trial
     calls go out; a success closes the breaker, a failure opens it again for ``reset_timeout``.
 
+    Failures are consecutive in time, not in count: a call that was already out when a failure
+    was counted (``sent_at`` at or before it) adds nothing, so that one blip hitting many
+    concurrent calls at once counts once, and the breaker opens only after failures that follow
+    each other (the retries, one backoff apart, of a server that stays down).
+
     Parameters
     ----------
     failure_threshold
@@ -84,11 +89,13 @@ class CircuitBreaker:
 
     >>> now = [0.0]
     >>> b = CircuitBreaker(failure_threshold=2, reset_timeout=5.0, clock=lambda: now[0])
-    >>> b.record_failure(); b.record_failure(); b.state
+    >>> b.record_failure(sent_at=0.0); b.record_failure(sent_at=0.0); b.state  # one blip
+    'closed'
+    >>> now[0] = 1.0; b.record_failure(sent_at=0.5); b.state  # sent after the counted failure
     'open'
     >>> b.allow()
     False
-    >>> now[0] = 5.0; b.allow(), b.state
+    >>> now[0] = 6.0; b.allow(), b.state
     (True, 'half_open')
     >>> b.record_success(); b.state
     'closed'
@@ -113,6 +120,7 @@ class CircuitBreaker:
         self.clock = clock
         self._state = CLOSED
         self._failures = 0
+        self._last_failure_at = float("-inf")  # clock time of the last counted failure
         self._opened_at = 0.0
         self._trials = 0
         #: How often the breaker has opened; a figure for logs and tests.
@@ -146,10 +154,14 @@ class CircuitBreaker:
         self._failures = 0
         self._trials = 0
 
-    def record_failure(self) -> None:
+    def record_failure(self, sent_at: float | None = None) -> None:
+        """A call failed; ``sent_at`` is the breaker's clock when it went out (None: just now)."""
         if self._state == HALF_OPEN:
             self._open()
             return
+        if sent_at is not None and sent_at <= self._last_failure_at:
+            return  # out while the last counted failure happened: the same blip
+        self._last_failure_at = self.clock()
         self._failures += 1
         if self._state == CLOSED and self._failures >= self.failure_threshold:
             self._open()

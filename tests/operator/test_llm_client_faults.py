@@ -315,6 +315,18 @@ async def test_the_breaker_stops_hammering_a_dead_server_and_probes_it_later(
         assert llm.breaker.state == "closed"
 
 
+async def test_a_blip_on_concurrent_calls_does_not_open_the_breaker(server: FaultServer) -> None:
+    # Four calls out at once all time out: one blip, not four failures in a row; their
+    # retries find the server back.
+    server.script = ["slow:0.3"] * 4
+    llm = make(server, timeout=0.1, retries=2, breaker_failures=3, concurrency=4)
+    async with llm:
+        answers = await llm.answer(events(4))
+    assert [a.label for a in answers] == [1] * 4
+    assert llm.breaker.state == "closed" and llm.breaker.times_opened == 0
+    assert len(server.seen) == 8
+
+
 async def test_a_failed_probe_opens_the_breaker_again(server: FaultServer) -> None:
     server.default = "500"
     llm = make(server, retries=0, breaker_failures=2, breaker_reset=0.3, concurrency=1)

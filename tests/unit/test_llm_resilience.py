@@ -75,6 +75,21 @@ def test_the_breaker_opens_after_consecutive_failures_only() -> None:
     assert breaker.state == "open" and not breaker.allow()
 
 
+def test_failures_of_calls_out_together_count_once() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=10.0, clock=clock)
+    sent = clock.now
+    clock.now += 1.0
+    for _ in range(5):  # five calls sent together, failing in one blip
+        breaker.record_failure(sent_at=sent)
+    assert breaker.state == "closed"
+    breaker.record_failure(sent_at=clock.now)  # sent at the moment the blip was counted
+    assert breaker.state == "closed"
+    clock.now += 0.5
+    breaker.record_failure(sent_at=clock.now - 0.1)  # a retry sent after it: a second failure
+    assert breaker.state == "open"
+
+
 def test_half_open_lets_limited_trials_through_and_decides_on_their_outcome() -> None:
     clock = Clock()
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, half_open_max=2, clock=clock)
