@@ -173,8 +173,13 @@ class CascadeOperator:
         return out
 
     async def _answer(self, events: list[Event], sources: list[InRecord],
-                      write_early: Callable[[list[Outgoing]], None] | None) -> list[Outgoing]:
-        """Answer decoded events with distinct ids (see :meth:`handle_events`)."""
+                      write_early: Callable[[list[Outgoing]], None] | None,
+                      isolating: bool = False) -> list[Outgoing]:
+        """Answer decoded events with distinct ids (see :meth:`handle_events`).
+
+        Where the cascade fails on the batch, one bad event must not cost the others: the
+        events not yet answered are answered again in halves, down to those that fail alone,
+        which become dead letters (``isolating``: this is such a part)."""
         out: list[Outgoing] = []
         written: dict[str, tuple[float, Decision]] = {}  # event id -> its early output's
         # latency and answer
@@ -183,19 +188,30 @@ class CascadeOperator:
             hook["on_early"] = self._early_writer(events, sources, written, write_early)
         try:
             decisions = await self.cascade.answer(events, **hook)
-        except Exception as exc:  # the stream goes on: the batch becomes dead letters
-            log.exception("the cascade failed on a batch of %d events", len(events))
-            detail = f"{type(exc).__name__}: {exc}"[:300]
-            # Events whose early answer is already written are answered: no dead letter too.
-            out.extend(self._letter(r, dl.CASCADE_ERROR, detail)
-                       for e, r in zip(events, sources, strict=True) if e.id not in written)
+        except Exception as exc:  # the stream goes on
             take = getattr(self.cascade, "take_demonstrations", None)
             if take is not None:
-                take()  # the LLM answers of a failed batch: its events are dead letters
-            for event in events:  # their labels still teach (an early answer is an answer)
-                early = written.get(event.id)
-                out.extend(self._log_event(event, early[1].label_index if early else None,
-                                           early[1].stage if early else ""))
+                take()  # the LLM answers of a failed attempt: its events are answered again
+            for event in events:  # an early answer is an answer: its labels still teach
+                if event.id in written:
+                    out.extend(self._log_event(event, written[event.id][1].label_index,
+                                               written[event.id][1].stage))
+            rest = [(e, r) for e, r in zip(events, sources, strict=True) if e.id not in written]
+            if not isolating:
+                log.exception("the cascade failed on a batch of %d events; answering them "
+                              "again in parts: those that fail alone become %s dead letters",
+                              len(events), dl.CASCADE_ERROR)
+            if len(rest) > 1:
+                half = len(rest) // 2
+                for part in (rest[:half], rest[half:]):
+                    out.extend(await self._answer([e for e, _ in part], [r for _, r in part],
+                                                  write_early, isolating=True))
+                return out
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            for event, record in rest:  # it fails alone: a dead letter, its labels unheard
+                log.debug("event %r fails alone in the cascade: %s", event.id[:80], detail)
+                out.append(self._letter(record, dl.CASCADE_ERROR, detail))
+                out.extend(self._log_event(event, None, ""))
             return out
         self.metrics.observe_llm_calls(decisions)
         now = self.clock()

@@ -167,3 +167,29 @@ async def test_early_answers_of_a_failed_batch_are_logged_as_answers(records_fil
     assert [o.topic for o in truth.outgoing] == ["demonstrations"]
     assert op.metrics.quality._value.get() == 1.0  # scored as the early answer it got
 
+
+
+async def test_an_event_a_stage_fails_on_costs_only_itself(records_file: Path) -> None:
+    """A stage that raises on one text (a tokenizer's bug, say): that event is a dead letter,
+    the rest of its batch is answered, and each answered event's LLM answer is fed back once."""
+    op = make_operator(records_file)
+    stage = op.cascade.stages[0]
+    predict = stage.predict_proba
+
+    def fragile(texts: list[str], upstream: Any = None) -> Any:
+        if any("POISON" in t for t in texts):
+            raise ValueError("cannot read this text")
+        return predict(texts, upstream)
+
+    stage.predict_proba = fragile
+    codec = RecordCodec()
+    rows = [r for r in read_stream(records_file, 22) if r.id not in ("5", "6")]  # (no LLM answer)
+    texts = {r.id: (f"POISON {r.text}" if n in (3, 15) else r.text) for n, r in enumerate(rows)}
+    out = await op.handle_events([record(codec.encode_event_fields(r.id, texts[r.id]), n)
+                                  for n, r in enumerate(rows)])
+    assert reasons(out) == [(dl.CASCADE_ERROR, 3), (dl.CASCADE_ERROR, 15)]
+    assert "cannot read this text" in by_topic(out, "dlq")[0]["detail"]
+    answered = sorted(o["id"] for o in by_topic(out, "output"))
+    assert answered == sorted(r.id for n, r in enumerate(rows) if n not in (3, 15))
+    fed_back = [o["id"] for o in by_topic(out, "feedback")]
+    assert fed_back and len(fed_back) == len(set(fed_back)) and set(fed_back) <= set(answered)
