@@ -174,12 +174,14 @@ class CascadeOperator:
 
     async def _answer(self, events: list[Event], sources: list[InRecord],
                       write_early: Callable[[list[Outgoing]], None] | None,
-                      isolating: bool = False) -> list[Outgoing]:
+                      retries: list[int] | None = None) -> list[Outgoing]:
         """Answer decoded events with distinct ids (see :meth:`handle_events`).
 
         Where the cascade fails on the batch, one bad event must not cost the others: the
         events not yet answered are answered again in halves, down to those that fail alone,
-        which become dead letters (``isolating``: this is such a part)."""
+        which become dead letters. ``retries`` is what is left of the batch's budget of failed
+        attempts (a few bad events take about log2(n) each; a cascade that fails on every event
+        must not run 2n - 1 times): once it is spent, the rest are dead letters too."""
         out: list[Outgoing] = []
         written: dict[str, tuple[float, Decision]] = {}  # event id -> its early output's
         # latency and answer
@@ -192,24 +194,33 @@ class CascadeOperator:
             take = getattr(self.cascade, "take_demonstrations", None)
             if take is not None:
                 take()  # the LLM answers of a failed attempt: its events are answered again
-            for event in events:  # an early answer is an answer: its labels still teach
+            # An early answer is an answer: counted, and its labels still teach.
+            self.metrics.observe_batch([d for _, d in written.values()],
+                                       [t for t, _ in written.values()])
+            for event in events:
                 if event.id in written:
                     out.extend(self._log_event(event, written[event.id][1].label_index,
                                                written[event.id][1].stage))
             rest = [(e, r) for e, r in zip(events, sources, strict=True) if e.id not in written]
-            if not isolating:
+            if retries is None:
                 log.exception("the cascade failed on a batch of %d events; answering them "
                               "again in parts: those that fail alone become %s dead letters",
                               len(events), dl.CASCADE_ERROR)
-            if len(rest) > 1:
-                half = len(rest) // 2
+                retries = [2 * max(1, len(events)).bit_length() + 2]
+            retries[0] -= 1
+            if len(events) > 1 and rest and retries[0] >= 0:
+                half = (len(rest) + 1) // 2
                 for part in (rest[:half], rest[half:]):
-                    out.extend(await self._answer([e for e, _ in part], [r for _, r in part],
-                                                  write_early, isolating=True))
+                    if part:
+                        out.extend(await self._answer([e for e, _ in part],
+                                                      [r for _, r in part], write_early,
+                                                      retries))
                 return out
             detail = f"{type(exc).__name__}: {exc}"[:300]
-            for event, record in rest:  # it fails alone: a dead letter, its labels unheard
-                log.debug("event %r fails alone in the cascade: %s", event.id[:80], detail)
+            if len(events) > 1:
+                detail = f"{detail} (the batch's retries were spent)"
+            for event, record in rest:  # it failed alone: a dead letter, its labels unheard
+                log.debug("event %r: %s", event.id[:80], detail)
                 out.append(self._letter(record, dl.CASCADE_ERROR, detail))
                 out.extend(self._log_event(event, None, ""))
             return out

@@ -156,11 +156,11 @@ class CircuitBreaker:
 
     def record_failure(self, sent_at: float | None = None) -> None:
         """A call failed; ``sent_at`` is the breaker's clock when it went out (None: just now)."""
+        if sent_at is not None and sent_at <= self._last_failure_at:
+            return  # out when the last failure was counted (or the breaker opened): same blip
         if self._state == HALF_OPEN:
             self._open()
             return
-        if sent_at is not None and sent_at <= self._last_failure_at:
-            return  # out while the last counted failure happened: the same blip
         self._last_failure_at = self.clock()
         self._failures += 1
         if self._state == CLOSED and self._failures >= self.failure_threshold:
@@ -173,7 +173,7 @@ class CircuitBreaker:
 
     def _open(self) -> None:
         self._state = OPEN
-        self._opened_at = self.clock()
+        self._opened_at = self._last_failure_at = self.clock()
         self._failures = 0
         self._trials = 0
         self.times_opened += 1

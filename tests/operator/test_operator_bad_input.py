@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from test_operator_agent import (  # the same recorded cascade and helpers
+    LLM,
     TASK,
     by_topic,
     make_operator,
@@ -153,7 +154,8 @@ async def test_early_answers_of_a_failed_batch_are_logged_as_answers(records_fil
     label = TASK.labels.names[1]
 
     async def answer(events: list[Event], on_early: Any = None) -> list[Decision]:
-        on_early([Decision(events[0].id, label, 1, "river", 0, float("nan"), 1.0, [])])
+        if events[0].id == "a":  # "a" is answered early, then "b" fails (alone too)
+            on_early([Decision("a", label, 1, "river", 0, float("nan"), 1.0, [])])
         raise RuntimeError("a stage failed")
 
     op.cascade.answer = answer  # type: ignore[method-assign]
@@ -171,7 +173,8 @@ async def test_early_answers_of_a_failed_batch_are_logged_as_answers(records_fil
 
 async def test_an_event_a_stage_fails_on_costs_only_itself(records_file: Path) -> None:
     """A stage that raises on one text (a tokenizer's bug, say): that event is a dead letter,
-    the rest of its batch is answered, and each answered event's LLM answer is fed back once."""
+    the rest of its batch is answered, once each, and the LLM answers of every answered event
+    are fed back once (none of a failed attempt)."""
     op = make_operator(records_file)
     stage = op.cascade.stages[0]
     predict = stage.predict_proba
@@ -189,7 +192,54 @@ async def test_an_event_a_stage_fails_on_costs_only_itself(records_file: Path) -
                                   for n, r in enumerate(rows)])
     assert reasons(out) == [(dl.CASCADE_ERROR, 3), (dl.CASCADE_ERROR, 15)]
     assert "cannot read this text" in by_topic(out, "dlq")[0]["detail"]
-    answered = sorted(o["id"] for o in by_topic(out, "output"))
-    assert answered == sorted(r.id for n, r in enumerate(rows) if n not in (3, 15))
-    fed_back = [o["id"] for o in by_topic(out, "feedback")]
-    assert fed_back and len(fed_back) == len(set(fed_back)) and set(fed_back) <= set(answered)
+    answered = [o["id"] for o in by_topic(out, "output")]
+    assert sorted(answered) == sorted(r.id for n, r in enumerate(rows) if n not in (3, 15))
+    assert sorted(o["id"] for o in by_topic(out, "feedback")) == sorted(answered)  # all LLM's
+
+
+async def test_a_failure_after_the_llm_answered_costs_only_its_event(records_file: Path) -> None:
+    """The cascade fails after the LLM answered and early answers were written: every record
+    ends with one output or one dead letter, and the LLM's answers are fed back once, only for
+    the events they answer."""
+    op = make_operator(records_file, mu=1.0, warmup=0, exploration=0.5, audit_rate=0.0)
+    cascade = op.cascade
+    remember = cascade._remember
+    rows = [r for r in read_stream(records_file, 62) if r.id not in ("5", "6")]
+    poison = {rows[7].id, rows[40].id}
+
+    def fragile(event_id: str, answer_record: Any) -> None:
+        if event_id in poison:
+            raise RuntimeError("bookkeeping failed")
+        remember(event_id, answer_record)
+
+    cascade._remember = fragile  # type: ignore[method-assign]
+    codec = RecordCodec()
+    early: list[Outgoing] = []
+    out = await op.handle_events([record(codec.encode_event_fields(r.id, r.text), n)
+                                  for n, r in enumerate(rows)], early.extend)
+    outputs = by_topic(early, "output") + by_topic(out, "output")
+    letters = by_topic(out, "dlq")
+    assert sorted([o["id"] for o in outputs] + [rows[d["offset"]].id for d in letters]) == \
+        sorted(r.id for r in rows)  # one each
+    assert {rows[d["offset"]].id for d in letters} <= poison
+    counted = sum(op.metrics.stage_out.labels(s)._value.get() for s in ("river", LLM))
+    assert counted == len(outputs)
+    by_llm = sorted(o["id"] for o in outputs if o["stage"] == LLM)
+    assert by_llm and sorted(o["id"] for o in by_topic(out, "feedback")) == by_llm
+
+
+async def test_a_cascade_failing_on_every_event_is_retried_within_a_budget(
+        records_file: Path) -> None:
+    op = make_operator(records_file)
+    attempts = []
+
+    async def answer(events: list[Event], on_early: Any = None) -> list[Decision]:
+        attempts.append(len(events))
+        raise RuntimeError("broken")
+
+    op.cascade.answer = answer  # type: ignore[method-assign]
+    codec = RecordCodec()
+    out = await op.handle_events([record(codec.encode_event_fields(str(n), "text"), n)
+                                  for n in range(100)])
+    assert reasons(out) == [(dl.CASCADE_ERROR, n) for n in range(100)]
+    assert 1 < len(attempts) <= 30  # not the 199 attempts of halving down to every event

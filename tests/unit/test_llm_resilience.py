@@ -107,6 +107,20 @@ def test_half_open_lets_limited_trials_through_and_decides_on_their_outcome() ->
     assert breaker.state == "closed" and breaker.allow() and breaker.allow()
 
 
+def test_a_call_sent_before_the_breaker_opened_does_not_reopen_it() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, clock=clock)
+    sent = clock.now
+    clock.now += 0.5
+    breaker.record_failure(sent_at=clock.now)
+    clock.now += 1.0
+    assert breaker.allow() and breaker.state == "half_open"  # the trial is out
+    breaker.record_failure(sent_at=sent)  # a slow call from before: says nothing new
+    assert breaker.state == "half_open" and not breaker.allow()  # one trial at a time
+    breaker.record_failure(sent_at=clock.now)  # the trial fails
+    assert breaker.state == "open" and breaker.times_opened == 2
+
+
 def test_a_released_trial_slot_can_be_used_again() -> None:
     clock = Clock()
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, clock=clock)
