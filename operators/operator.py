@@ -191,39 +191,7 @@ class CascadeOperator:
         try:
             decisions = await self.cascade.answer(events, **hook)
         except Exception as exc:  # the stream goes on
-            take = getattr(self.cascade, "take_demonstrations", None)
-            if take is not None:
-                take()  # the LLM answers of a failed attempt: its events are answered again
-            # An early answer is an answer: counted, and its labels still teach.
-            self.metrics.observe_batch([d for _, d in written.values()],
-                                       [t for t, _ in written.values()])
-            for event in events:
-                if event.id in written:
-                    out.extend(self._log_event(event, written[event.id][1].label_index,
-                                               written[event.id][1].stage))
-            rest = [(e, r) for e, r in zip(events, sources, strict=True) if e.id not in written]
-            if retries is None:
-                log.exception("the cascade failed on a batch of %d events; answering them "
-                              "again in parts: those that fail alone become %s dead letters",
-                              len(events), dl.CASCADE_ERROR)
-                retries = [2 * max(1, len(events)).bit_length() + 2]
-            retries[0] -= 1
-            if len(events) > 1 and rest and retries[0] >= 0:
-                half = (len(rest) + 1) // 2
-                for part in (rest[:half], rest[half:]):
-                    if part:
-                        out.extend(await self._answer([e for e, _ in part],
-                                                      [r for _, r in part], write_early,
-                                                      retries))
-                return out
-            detail = f"{type(exc).__name__}: {exc}"[:300]
-            if len(events) > 1:
-                detail = f"{detail} (the batch's retries were spent)"
-            for event, record in rest:  # it failed alone: a dead letter, its labels unheard
-                log.debug("event %r: %s", event.id[:80], detail)
-                out.append(self._letter(record, dl.CASCADE_ERROR, detail))
-                out.extend(self._log_event(event, None, ""))
-            return out
+            return await self._answer_apart(exc, events, sources, written, write_early, retries)
         self.metrics.observe_llm_calls(decisions)
         now = self.clock()
         answered: list[Decision] = []
@@ -245,6 +213,46 @@ class CascadeOperator:
         self.metrics.observe_batch(answered, latencies)
         partition_of = {e.id: r.position.partition for e, r in zip(events, sources, strict=True)}
         out.extend(self._expert_feedback(partition_of))
+        return out
+
+    async def _answer_apart(self, exc: Exception, events: list[Event], sources: list[InRecord],
+                            written: dict[str, tuple[float, Decision]],
+                            write_early: Callable[[list[Outgoing]], None] | None,
+                            retries: list[int] | None) -> list[Outgoing]:
+        """After the cascade raised on ``events``: the early answers it wrote stand, and the
+        others are answered again in halves (see :meth:`_answer`)."""
+        out: list[Outgoing] = []
+        take = getattr(self.cascade, "take_demonstrations", None)
+        if take is not None:
+            take()  # the LLM answers of a failed attempt: its events are answered again
+        # An early answer is an answer: counted, and its labels still teach.
+        self.metrics.observe_batch([d for _, d in written.values()],
+                                   [t for t, _ in written.values()])
+        for event in events:
+            if event.id in written:
+                out.extend(self._log_event(event, written[event.id][1].label_index,
+                                           written[event.id][1].stage))
+        rest = [(e, r) for e, r in zip(events, sources, strict=True) if e.id not in written]
+        if retries is None:
+            log.error("the cascade failed on a batch of %d events; answering them again in "
+                      "parts: those that fail alone become %s dead letters", len(events),
+                      dl.CASCADE_ERROR, exc_info=exc)
+            retries = [2 * max(1, len(events)).bit_length() + 2]
+        retries[0] -= 1
+        if len(events) > 1 and rest and retries[0] >= 0:
+            half = (len(rest) + 1) // 2
+            for part in (rest[:half], rest[half:]):
+                if part:
+                    out.extend(await self._answer([e for e, _ in part], [r for _, r in part],
+                                                  write_early, retries))
+            return out
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        if len(events) > 1:
+            detail = f"{detail} (the batch's retries were spent)"
+        for event, record in rest:  # it failed alone: a dead letter, its labels unheard
+            log.debug("event %r: %s", event.id[:80], detail)
+            out.append(self._letter(record, dl.CASCADE_ERROR, detail))
+            out.extend(self._log_event(event, None, ""))
         return out
 
     def _log_event(self, event: Event, predicted: int | None, stage: str) -> list[Outgoing]:
