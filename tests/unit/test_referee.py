@@ -37,6 +37,19 @@ def test_without_evidence_the_llm_is_trusted() -> None:
     assert referee.stage_right_proba(np.array([1]))[0] == pytest.approx(1 / 21)
 
 
+def test_a_few_lucky_audits_do_not_credit_a_sure_band() -> None:
+    """Unsure disagreements won 4 times in 10; then three audited sure ones (importance weight
+    10 each) all won. The sure band moves toward certain, but a few heavy judgements are not
+    yet the band's record (with 10 pseudo-observations it was credited 0.85)."""
+    referee = Referee(n_classes=2, prior=1.0)
+    unsure, sure = np.full(400, 0.6), np.full(3, 0.99)
+    referee.learn(np.zeros(400, int), np.arange(400) % 10 < 4, top=unsure)
+    referee.learn(np.zeros(3, int), np.ones(3, bool), np.full(3, 10.0), top=sure)
+    low, high = referee.stage_right_proba(np.array([0, 0]), np.array([0.6, 0.99]))
+    assert low == pytest.approx(0.4, abs=0.02)
+    assert low + 0.1 < high < 0.75
+
+
 def test_state_round_trips_and_bad_counts_are_refused() -> None:
     referee = Referee(n_classes=2)
     referee.learn(np.array([0, 0, 1]), np.array([True, False, False]), np.array([1.0, 2.0, 1.0]),
