@@ -55,7 +55,7 @@ class Referee:
         judgements could credit a whole bin with beating the LLM: at 10, with ground truth for a
         tenth of the events, HateSpeech lost 3.96 points in one of seven orders, and 4 of 12
         replays of the three streams lost more than 1 point; at 30, none did (at a higher LLM
-        share: on average 10 points more on HateSpeech, 3 on ISEAR, 5 on IMDB), and with ground
+        share: on average 10 points more on HateSpeech, 2 on ISEAR, 5 on IMDB), and with ground
         truth for every event HateSpeech gained in all seven orders (at 10: lost 1.50 and 0.44
         in two).
     decay
