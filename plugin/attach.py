@@ -54,9 +54,10 @@ def codec_from(settings: Settings) -> RecordCodec:
     )
 
 
-def default_dlq(source: str) -> str:
-    """The dead-letter topic of an input topic when none is named."""
-    return f"{source}-dead-letters"
+def dead_letter_topic(settings: Settings, source: str, named: str | None = None) -> str:
+    """The dead-letter topic: the one ``named``, else the ``dlq_topic`` setting, else
+    ``<source>-dead-letters`` (a dead letter is never only logged)."""
+    return named or settings.dlq_topic or f"{source}-dead-letters"
 
 
 def attach(
@@ -109,7 +110,7 @@ def attach(
             "STREAMCASCADE_STATE_SIGNING_KEY (the same secret on every worker)"
         )
     signer = StateSigner(key) if state_topic and key is not None else None
-    dlq = dlq or settings.dlq_topic or default_dlq(source)
+    dlq = dead_letter_topic(settings, source, dlq)
     topics = OperatorTopics(source, sink, feedback, dlq, state_topic)
     handle = install(app, cascade, topics, codec=codec_from(settings), signer=signer,
                      options=options_from(settings))

@@ -227,7 +227,7 @@ def worker(
     """
     import faust
 
-    from streamcascade.attach import attach, codec_from, default_dlq, options_from
+    from streamcascade.attach import attach, codec_from, dead_letter_topic, options_from
     from streamcascade.operators.passthrough import install_passthrough
     from streamcascade.operators.topics import TopicPlan, ensure_topics
 
@@ -240,7 +240,7 @@ def worker(
                                      "STREAMCASCADE_BOOTSTRAP (or run `streamcascade kafka up`)")
         # Everything that can be refused is checked before a topic is created on the cluster.
         app = make_app(settings, bootstrap)
-        dlq_topic = settings.dlq_topic or default_dlq(settings.input_topic)
+        dlq_topic = dead_letter_topic(settings, settings.input_topic)
         if pass_through:
             install_passthrough(app, settings.input_topic, settings.output_topic,
                                 codec_from(settings), options_from(settings),
