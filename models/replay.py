@@ -180,10 +180,13 @@ def dominance(learned: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
               tolerance: float = 0.0) -> dict[str, Any]:
     """Compare the learned curve with the baseline's at each learned point's LLM share.
 
-    The baseline's quality at a share is interpolated between its two nearest points (its curve is
-    made monotone first: a higher LLM share can always reproduce a lower one's quality by routing
-    fewer events, so the upper envelope is the fair baseline). Only shares inside the baseline's
-    range are compared.
+    Both curves are compared as frontiers: a budget of LLM calls buys the best quality of any
+    operating point that spends no more (a higher share can route fewer events), so a point that
+    spends more for less is dominated by its own curve, not a fault of the method. The learned
+    frontier at a share is the best learned point at that share or below; the baseline's is its
+    monotone upper envelope, interpolated between its two nearest points. Only shares inside the
+    baseline's range are compared. Each point also keeps its own quality (``learned``) and its
+    gap to the baseline (``gap_at_point``), so a point below its own frontier is still seen.
     """
     base = sorted((b["llm_call_fraction"], b["quality"]) for b in baseline)
     xs = np.array([x for x, _ in base])
@@ -193,9 +196,13 @@ def dominance(learned: Sequence[dict[str, Any]], baseline: Sequence[dict[str, An
         x = point["llm_call_fraction"]
         if xs.size == 0 or x < xs[0] or x > xs[-1]:
             continue
+        frontier = max(p["quality"] for p in learned if p["llm_call_fraction"] <= x)
+        at_x = float(np.interp(x, xs, ys))
         gaps.append({"llm_call_fraction": x, "learned": point["quality"],
-                     "baseline": float(np.interp(x, xs, ys)),
-                     "gap": point["quality"] - float(np.interp(x, xs, ys))})
-    return {"compared": len(gaps), "learned_at_least_baseline": all(
-        g["gap"] >= -tolerance for g in gaps), "min_gap": min((g["gap"] for g in gaps),
-                                                              default=None), "points": gaps}
+                     "learned_frontier": frontier, "baseline": at_x, "gap": frontier - at_x,
+                     "gap_at_point": point["quality"] - at_x})
+    return {"compared": len(gaps),
+            "learned_at_least_baseline": all(g["gap"] >= -tolerance for g in gaps),
+            "min_gap": min((g["gap"] for g in gaps), default=None),
+            "min_gap_at_point": min((g["gap_at_point"] for g in gaps), default=None),
+            "points": gaps}

@@ -118,6 +118,24 @@ def test_dominance_compares_within_the_baselines_range() -> None:
     assert not dominance(bad, base)["learned_at_least_baseline"]
 
 
+def test_dominance_compares_frontiers_and_keeps_each_points_own_gap() -> None:
+    base = [{"llm_call_fraction": 0.2, "quality": 0.8}, {"llm_call_fraction": 0.6, "quality": 0.9},
+            {"llm_call_fraction": 0.9, "quality": 0.88}]
+    # The learned point at 0.8 spends more than the one at 0.5 for less: the 0.5 point's quality
+    # is within the 0.8 budget, and the baseline's envelope there is 0.9.
+    learned = [{"llm_call_fraction": 0.5, "quality": 0.92},
+               {"llm_call_fraction": 0.8, "quality": 0.89}]
+    result = dominance(learned, base)
+    assert result["learned_at_least_baseline"]
+    late = result["points"][1]
+    assert late["learned_frontier"] == 0.92 and late["baseline"] == pytest.approx(0.9)
+    assert late["gap_at_point"] == pytest.approx(-0.01)
+    assert result["min_gap_at_point"] == pytest.approx(-0.01)
+    # Below the baseline at its own cheapest share, the frontier cannot help.
+    worse = [{"llm_call_fraction": 0.3, "quality": 0.7}, *learned]
+    assert not dominance(worse, base)["learned_at_least_baseline"]
+
+
 def test_cli_replay_with_sweep_and_plot(tmp_path: Path) -> None:
     path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(400, hard_share=0.2, seed=6))
     out, png = tmp_path / "r.json", tmp_path / "r.png"
