@@ -16,11 +16,14 @@ def plot_sweep(
     metric: str,
     title: str,
     default_point: Mapping[str, Any] | None = None,
+    hindsight: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a PNG of quality against the share of events sent to the LLM.
 
     ``learned`` and ``baseline`` are replay results (``llm_call_fraction`` and ``quality`` are
-    read); the LLM alone is the point at share 1, with a band one point below it.
+    read); the LLM alone is the point at share 1, with a band one point below it. ``hindsight``
+    is a headroom curve (``llm_share`` and ``quality``, see :mod:`streamcascade.models.headroom`):
+    what a policy after the first stage reaches when it knows where the stage errs.
     """
     import matplotlib
 
@@ -35,6 +38,9 @@ def plot_sweep(
         ordered = sorted(points, key=lambda p: p["llm_call_fraction"])
         ax.plot([p["llm_call_fraction"] for p in ordered], [p["quality"] for p in ordered], style,
                 label=name, markersize=4)
+    if hindsight:
+        ax.plot([p["llm_share"] for p in hindsight], [p["quality"] for p in hindsight], "-",
+                color="tab:green", lw=1, alpha=0.7, label="hindsight policy (headroom)")
     if llm_quality is not None:
         ax.plot([1.0], [llm_quality], "k*", markersize=12, label="LLM alone")
         ax.axhline(llm_quality - 0.01, color="grey", lw=0.8, ls=":", label="LLM − 1 point")

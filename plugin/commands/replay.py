@@ -19,8 +19,10 @@ from streamcascade.models import replay as rp
 from streamcascade.models.baseline import build_baseline
 from streamcascade.models.cascade import Cascade, CascadeConfig, build_cascade
 from streamcascade.models.datasets import read_stream, stream_task_name
+from streamcascade.models.headroom import headroom as headroom_of
 from streamcascade.models.llm.base import LLMBackend
 from streamcascade.models.llm.factory import make_llm
+from streamcascade.models.stages.registry import make_stage
 from streamcascade.models.tasks import TASKS, Task, generic_task
 from streamcascade.models.types import LabelSet
 
@@ -90,6 +92,10 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--shuffle", is_flag=True, help="Replay the stream in a random order (by --seed).")
 @click.option("--limit", type=int, help="Only the first N events (after shuffling).")
+@click.option("--headroom", is_flag=True,
+              help="Also score a deferral policy after the first stage that knows, in hindsight, "
+                   "where the stage disagrees with the LLM: how far the stage can take the "
+                   "cascade (recorded LLM answers only).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG of the quality-cost curves (with --sweep).")
@@ -99,7 +105,8 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
            sweep: bool, sweep_losses: str, sweep_shares: str, sweep_confidence: str, feedback: str,
            truth_share: float, audit_rate: float | None, stage_costs: tuple[str, ...],
            warmup: int | None, batch_size: int, baseline_threshold: float, seed: int,
-           shuffle: bool, limit: int | None, json_out: Path, plot_out: Path | None) -> None:
+           shuffle: bool, limit: int | None, headroom: bool, json_out: Path,
+           plot_out: Path | None) -> None:
     """Replay a labelled stream through the cascade and its static baseline; write JSON."""
     from streamcascade.commands.worker import parse_stage_options
 
@@ -114,7 +121,8 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
         result = _run(dataset, llm_name, llm_url, llm_model, task_name, labels, stages, mu,
                       target_llm_share, max_quality_loss, grid, feedback, truth_share,
                       audit_rate, warmup, batch_size, baseline_threshold, seed, shuffle, limit,
-                      plot_out, _prices(stage_costs), parse_stage_options(stage_option))
+                      plot_out, headroom, _prices(stage_costs),
+                      parse_stage_options(stage_option))
     except StreamcascadeError as exc:
         raise click.ClickException(str(exc)) from None
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +132,14 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
                f"{'n/a' if alone is None else format(alone, '.4f')}), LLM share "
                f"{result['llm_call_fraction']:.3f}, relative cost {result['relative_cost']:.3f}"
                f" -> {json_out}")
+    if "headroom" in result:
+        room = result["headroom"]
+        shares = {rule: "never" if share is None else f"{share:.0%}"
+                  for rule, share in room["min_llm_share_within"].items()}
+        click.echo(f"headroom of {room['stage']}: within {room['within'] * 100:g} point(s) of the "
+                   f"LLM from {shares['hindsight_policy']} of events to it in hindsight "
+                   f"({shares['confidence']} by confidence alone); the stage disagrees with the "
+                   f"LLM on {room['disagreement_share']:.1%}")
 
 
 def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: str | None,
@@ -132,7 +148,7 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
          sweep: tuple[list[dict[str, float]], list[float]] | None, feedback: str,
          truth_share: float, audit_rate: float | None, warmup: int | None, batch_size: int,
          baseline_threshold: float, seed: int, shuffle: bool, limit: int | None,
-         plot_out: Path | None, prices: dict[str, float] | None = None,
+         plot_out: Path | None, headroom: bool = False, prices: dict[str, float] | None = None,
          stage_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     if batch_size < 1:
         raise ConfigurationError("--batch-size must be at least 1")
@@ -146,6 +162,9 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
     llm = _llm(task, dataset, llm_name, llm_url, llm_model)
     truth = rp.truth_of(rows, task)
     alone = rp.llm_alone(rows, llm)
+    if headroom and alone is None:
+        raise ConfigurationError("--headroom needs the LLM's answer to every event: use recorded "
+                                 "answers (--llm NAME), not a live server")
     common: dict[str, Any] = {"audit_rate": audit_rate, "warmup": warmup,
                               "stage_costs": prices or None}
     config = _config(stages, seed, mu=mu, target_llm_share=target_llm_share,
@@ -175,6 +194,10 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
         **_clean(main), "config": config.to_dict(),
         "baseline": {"threshold": baseline_threshold, **_clean(base)},
     }
+    if headroom and alone is not None:
+        first = config.stages[0]
+        stage = make_stage(first, task, **options.get(first, {}))
+        result["headroom"] = headroom_of(rows, task, stage, alone, truth)
     if sweep is not None:
         k = len(task.labels)
         learned_points, confidence = sweep
@@ -198,6 +221,7 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
             result["plot"] = str(plot_sweep(
                 plot_out, learned_curve, curves[1], llm_quality=main["llm_quality"],
                 metric=main["metric"], default_point=main,
+                hindsight=result.get("headroom", {}).get("curves", {}).get("hindsight_policy"),
                 title=f"{task.name}: {llm.name}, feedback {feedback}{truth_note}, {order}, "
                       f"seed {seed}"))
     return result
