@@ -95,9 +95,9 @@ def headroom(rows: Sequence[StreamRow], task: Task, stage: Stage,
     out: dict[str, Any] = {
         "stage": stage.name, "n": n, "within": within, "llm_quality": llm_quality,
         "stage_alone_quality": quality(said),
-        "agreement_with_llm": float(np.mean(said[llm >= 0] == llm[llm >= 0])) if n else None,
-        # Deferring exactly these keeps the LLM's answers: the share no policy can beat at once.
-        "disagreement_share": float(np.mean(said != llm)) if n else None,
+        "agreement_with_llm": float(np.mean(said[llm >= 0] == llm[llm >= 0])),
+        # The fewest events a policy must send to give the LLM's answer on every event.
+        "disagreement_share": float(np.mean(said != llm)),
         "curves": {}, "min_llm_share_within": {},
     }
     for rule in RULES:

@@ -1,4 +1,5 @@
-"""The headroom of a stage: what any deferral policy after it could reach, in hindsight."""
+"""The headroom of a stage: what a deferral policy after it reaches when it knows, in hindsight,
+where the stage disagrees with the LLM."""
 
 from __future__ import annotations
 
