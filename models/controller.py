@@ -5,8 +5,10 @@ stage's threshold. Three ways to set the thresholds:
 
 ``mu``
     The paper's cost coefficient: answering costs its expected error, deferring costs ``mu`` times
-    the next stage's price, so the threshold is ``mu * cost_next`` (fixed). Quality against a raw
-    ``mu`` falls off cliffs whose place moves with the seed; it is kept for comparison.
+    the next stage's price, so the threshold is ``mu * cost_next`` (fixed). A raw ``mu`` says
+    nothing in the task's units: what quality it buys depends on the stream and on how well the
+    policy is calibrated, so a small change of it can cost much quality. It is kept for
+    comparison with the paper.
 ``llm_share``
     The share of events that reach the LLM (audit calls included): the smallest shared threshold
     whose share over the recent window of events is at most the target.
@@ -203,7 +205,7 @@ class OperatingPointController:
         # below[c, i, j]: stage j would answer event i under candidate threshold c.
         below = e_inf[None, :, :] <= candidates[:, None, None]
         # first[c, i, j]: below at stage j and at no stage before it (a running OR on bools is
-        # several times cheaper than counting with cumsum, and this runs on the hot path).
+        # cheaper than counting with cumsum, and this runs on the hot path).
         reached = np.logical_or.accumulate(below, axis=2)
         first = below.copy()
         first[:, :, 1:] &= ~reached[:, :, :-1]
@@ -253,7 +255,7 @@ class OperatingPointController:
         self._cursor, self._filled, self._since_solve = cursor, filled, since
         self.counts = counts
         # The thresholds serve the operating point they were solved for. A worker restarted with
-        # another one (or a state from before the point was recorded) must not keep them: ``mu``
+        # another one (or from a state that does not name its point) must not keep them: ``mu``
         # is fixed by its value, the others are solved again over the loaded window.
         if self.mode == "mu":
             self.thresholds = self._mu_thresholds()

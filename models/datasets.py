@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from streamcascade.errors import ConfigurationError
+from streamcascade.models.errors import ConfigurationError
 
 
 @dataclass(frozen=True, slots=True)

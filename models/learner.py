@@ -102,7 +102,9 @@ class ImitationLearner:
 
     def update(self, demos: Sequence[Demonstration],
                records: Mapping[str, AnswerRecord]) -> int:
-        """Learn from ``demos``; returns how many were used."""
+        """Learn from ``demos``; returns how many were used. ``records`` holds, by event id, what
+        the cascade kept of answering the demos' events (an event it has no record of, say one
+        another worker answered, is recomputed)."""
         used = [(d, self.source_weights.get(d.source, 1.0)) for d in demos]
         used = [(d, w) for d, w in used if w > 0]
         if not used:
@@ -139,7 +141,7 @@ class ImitationLearner:
         probas: list[np.ndarray] = []
         for j, (stage, policy, referee) in enumerate(
                 zip(self.stages, self.policies, self.referees, strict=True)):
-            proba = self._probas_of(j, stage, [d for d, _ in used], records,
+            proba = self._probas_of(j, stage, [d for d, _ in used], recs,
                                     probas[-1] if probas else None)
             probas.append(proba)
             extra = stage_extras(stage, texts)
@@ -173,14 +175,13 @@ class ImitationLearner:
 
     @staticmethod
     def _probas_of(j: int, stage: Stage, demos: Sequence[Demonstration],
-                   records: Mapping[str, AnswerRecord],
+                   records: Sequence[AnswerRecord | None],
                    upstream: np.ndarray | None) -> np.ndarray:
-        """Stage ``j``'s probabilities for each demo: kept from answering, else computed now
-        (given ``upstream``, stage ``j - 1``'s for the same demos)."""
+        """Stage ``j``'s probabilities for each demo: kept from answering (``records``, one per
+        demo), else computed now (given ``upstream``, stage ``j - 1``'s for the same demos)."""
         out: list[np.ndarray | None] = []
         missing: list[int] = []
-        for i, demo in enumerate(demos):
-            record = records.get(demo.event.id)
+        for i, record in enumerate(records):
             proba = record.probas[j] if record is not None else None
             out.append(proba)
             if proba is None:

@@ -71,7 +71,7 @@ class DeferralPolicy:
         """The policy's inputs for each row of ``proba``: shape ``(n, n_features)``.
 
         ``extra`` holds ``n_extra`` cheap columns a stage offers about each text (see
-        :meth:`RiverTextStage.familiarity`)."""
+        :meth:`HashedTextStage.familiarity`)."""
         proba = np.clip(np.asarray(proba, dtype=np.float64), _EPS, 1.0)
         n, k = proba.shape
         ordered = np.sort(proba, axis=1)

@@ -4,20 +4,19 @@ Only ground truth can tell (the LLM's own answers cannot judge the LLM), and gro
 scarce: a labelling team may send a tenth of the events, and the stage disagrees with the LLM on
 few of those. So the referee is deliberately simple: decayed counts of judged disagreements and
 of those the stage won, per class the stage said, shrunk toward "the LLM is right" by ``prior``
-pseudo-observations. The class matters most: on HateSpeech the stage is right on most of its
-"no hate" disagreements (the LLM over-flags) and on almost none of its "hate" ones, and a single
-model over the policy's inputs, fitted on a few hundred such events, was seen to blur the two
-into one rate and let wrong early "hate" answers through.
+pseudo-observations. The class matters most: an LLM that over-flags one class is often wrong
+when it says that class against the stage, and seldom when it says another, so who wins a
+disagreement depends first on the class the stage said. One rate for all classes, or one model
+over all of the policy's inputs fitted on the few judged disagreements there are, blurs the
+classes together and credits the stage where the LLM is in fact right.
 
 The stage's confidence matters next. Judged disagreements come mostly from deferred events (the
-LLM is asked only there, and on audits), which are the ones the stage is least sure of; on
-HateSpeech, a River stage learning from ground truth was right on 42% of its unsure "no hate"
-disagreements (top probability under 0.7) and on 82% of its sure ones (0.95 and over). A single
-rate per class therefore under-credits the sure answers, the very ones the stage gives early. So
-each class's counts are also kept per confidence bin, and a bin's estimate is shrunk (by
-``bin_prior`` pseudo-observations) toward the estimate of the less sure bin below it, the least
-sure bin's toward the class's: a bin with little evidence says what the answers just less sure
-than it say.
+LLM is asked only there, and on audits), which are the ones the stage is least sure of, and a
+stage is right more often where it is sure. A single rate per class therefore under-credits the
+sure answers, the very ones the stage gives early. So each class's counts are also kept per
+confidence bin, and a bin's estimate is shrunk (by ``bin_prior`` pseudo-observations) toward the
+estimate of the less sure bin below it, the least sure bin's toward the class's: a bin with
+little evidence says what the answers just less sure than it say.
 
 >>> import numpy as np
 >>> referee = Referee(n_classes=2, prior=10.0)
@@ -52,12 +51,9 @@ class Referee:
         Pseudo-observations, in each confidence bin, of the rate of the bin below it: the
         evidence a bin needs before its own record counts as much as what the less sure answers
         say. Sure answers are rarely judged (the LLM sees few of them), so a few lucky
-        judgements could credit a whole bin with beating the LLM: at 10, with ground truth for a
-        tenth of the events, HateSpeech lost 3.96 points in one of seven orders, and 4 of 12
-        replays of the three streams lost more than 1 point; at 30, none did (at a higher LLM
-        share: on average 10 points more on HateSpeech, 2 on ISEAR, 5 on IMDB), and with ground
-        truth for every event HateSpeech gained in all seven orders (at 10: lost 1.50 and 0.44
-        in two).
+        judgements could credit a whole bin with beating the LLM and let its wrong answers
+        through unchecked. A large prior errs on the safe side: it costs LLM calls (a bin is
+        credited late), where a small one costs quality.
     decay
         Each update multiplies the counts it touches (its class's, and its bin's) by this, so
         the estimate follows a drifting stream (about ``1 / (1 - decay)`` recent judgements
@@ -136,8 +132,8 @@ class Referee:
                 "judged_bins": self.judged_bins, "stage_won_bins": self.stage_won_bins}
 
     def load_arrays(self, arrays: dict[str, np.ndarray], n_updates: int) -> None:
-        """Counts from :meth:`arrays`. A state written before the confidence bins existed has
-        none; its bins start empty and say what their class says."""
+        """Counts from :meth:`arrays`. A state of the older format has no confidence bins;
+        its bins start empty and say what their class says."""
         empty = np.zeros_like(self.judged_bins)
         loaded = {"judged": arrays["judged"], "stage_won": arrays["stage_won"],
                   "judged_bins": arrays.get("judged_bins", empty),

@@ -1,11 +1,12 @@
 """Replay a labelled stream through a cascade, in process, as a stream, and score it.
 
-Each micro-batch is answered before the next is seen, and learning uses only what the operator
-would have by then: the LLM's answers to the events it was asked about (``feedback="llm"``, the
-paper's setting), the ground-truth labels of the events already answered (``"ground_truth"``, as
-if they arrived on a feedback topic), or both. A labelling team rarely labels every event:
-``truth_share`` is the share of events whose ground truth arrives. Ground truth always scores the
-run, every event of it.
+Each micro-batch is answered before it is learned from; with ``in_flight`` above 1, that many
+micro-batches are answered at once, so that one waiting for a slow LLM answer does not hold up
+the ones after it. Learning uses only what the operator would have by then: the LLM's answers to
+the events it was asked about (``feedback="llm"``, the paper's setting), the ground-truth labels
+of the events already answered (``"ground_truth"``, as if they arrived on a feedback topic), or
+both. A labelling team rarely labels every event: ``truth_share`` is the share of events whose
+ground truth arrives. Ground truth always scores the run, every event of it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from streamcascade.errors import ConfigurationError
 from streamcascade.models.cascade import Cascade
 from streamcascade.models.datasets import StreamRow
+from streamcascade.models.errors import ConfigurationError
 from streamcascade.models.metrics import accuracy, macro_f1, task_metric
+from streamcascade.models.protocol import BatchAnswer
 from streamcascade.models.tasks import Task
 from streamcascade.models.types import SOURCE_GROUND_TRUTH, Decision, Demonstration, Event
 
@@ -55,32 +57,60 @@ def llm_alone(rows: Sequence[StreamRow], llm: Any) -> list[int | None] | None:
 
 async def replay_async(rows: Sequence[StreamRow], task: Task, cascade: Cascade, *,
                        feedback: str = "llm", truth_share: float = 1.0, batch_size: int = 1,
-                       progress: bool | str = True) -> dict[str, Any]:
-    """Run ``rows`` through ``cascade`` and return the replay's figures (without LLM-alone ones)."""
+                       in_flight: int = 1, progress: bool | str = True) -> dict[str, Any]:
+    """Run ``rows`` through ``cascade`` and return the replay's figures (without LLM-alone ones);
+    ``in_flight`` micro-batches are answered at once."""
+    if in_flight < 1:
+        raise ConfigurationError(f"in_flight must be at least 1, got {in_flight}")
     if feedback not in FEEDBACK_MODES:
         raise ConfigurationError(f"feedback must be one of {FEEDBACK_MODES}, got {feedback!r}")
     if not 0.0 <= truth_share <= 1.0:
         raise ConfigurationError(f"the share of events with ground truth must be within 0..1, "
                                  f"got {truth_share}")
     truth = truth_of(rows, task)
-    decisions: list[Decision] = []
+    by_batch: dict[int, list[Decision]] = {}  # each batch's decisions, by its first row
+    lost = 0
     bar = tqdm(total=len(rows), desc=progress if isinstance(progress, str) else "replay",
                disable=not progress, unit="ev", mininterval=0.5, leave=False)
+
+    async def answer(lo: int, events: list[Event]) -> tuple[int, list[Event], BatchAnswer]:
+        return lo, events, await cascade.answer(events)
+
+    def learn_from(lo: int, events: list[Event], answered: BatchAnswer) -> None:
+        nonlocal lost
+        lost += unmatched(events, answered.decisions)
+        by_batch[lo] = answered.decisions
+        demos = answered.demonstrations if feedback != "ground_truth" else []
+        if feedback != "llm":
+            demos += [Demonstration(e, truth[lo + i], SOURCE_GROUND_TRUTH)
+                      for i, e in enumerate(events) if truth_arrives(e.id, truth_share)]
+        cascade.learn(demos)
+        bar.update(len(events))
+
+    Job = asyncio.Task[tuple[int, list[Event], BatchAnswer]]
+
+    async def learn_from_first(jobs: set[Job]) -> set[Job]:
+        """Wait for the first of ``jobs`` to be answered, learn from those done (in stream
+        order), and return the others."""
+        done, rest = await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
+        for job in sorted(done, key=lambda j: j.result()[0]):
+            learn_from(*job.result())
+        return rest
+
+    pending: set[Job] = set()
     start = time.perf_counter()
     try:
         for lo in range(0, len(rows), batch_size):
-            batch = rows[lo:lo + batch_size]
-            events = [Event(r.id, r.text) for r in batch]
-            decisions.extend(await cascade.answer(events))
-            demos: list[Demonstration] = (cascade.take_demonstrations()
-                                          if feedback != "ground_truth" else [])
-            if feedback != "llm":
-                cascade.take_demonstrations()
-                demos += [Demonstration(e, truth[lo + i], SOURCE_GROUND_TRUTH)
-                          for i, e in enumerate(events) if truth_arrives(e.id, truth_share)]
-            cascade.learn(demos)
-            bar.update(len(batch))
+            events = [Event(r.id, r.text) for r in rows[lo:lo + batch_size]]
+            pending.add(asyncio.create_task(answer(lo, events)))
+            if len(pending) >= in_flight:
+                pending = await learn_from_first(pending)
+        while pending:
+            pending = await learn_from_first(pending)
     finally:
+        for job in pending:
+            job.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         # A live backend's connections belong to this replay's event loop (each replay, and
         # each sweep point, runs its own): close them with it, not at garbage collection.
         close = getattr(cascade.llm, "aclose", None)
@@ -88,7 +118,15 @@ async def replay_async(rows: Sequence[StreamRow], task: Task, cascade: Cascade, 
             await close()
     bar.close()
     seconds = time.perf_counter() - start
-    return score(decisions, truth, task, cascade, seconds)
+    decisions = [d for lo in sorted(by_batch) for d in by_batch[lo]]
+    return score(decisions, truth, task, cascade, seconds, lost=lost)
+
+
+def unmatched(events: Sequence[Event], decisions: Sequence[Decision]) -> int:
+    """Events of a batch without exactly one decision of their own, in their place."""
+    if len(decisions) != len(events):
+        return len(events)
+    return sum(d.event_id != e.id for e, d in zip(events, decisions, strict=True))
 
 
 def replay(rows: Sequence[StreamRow], task: Task, cascade: Cascade,
@@ -98,8 +136,8 @@ def replay(rows: Sequence[StreamRow], task: Task, cascade: Cascade,
 
 
 def score(decisions: Sequence[Decision], truth: Sequence[int], task: Task, cascade: Cascade,
-          seconds: float) -> dict[str, Any]:
-    """The figures of a finished replay."""
+          seconds: float, *, lost: int = 0) -> dict[str, Any]:
+    """The figures of a finished replay; ``lost`` events had no decision of their own."""
     n = len(decisions)
     s = len(cascade.stages)
     predicted = [d.label_index for d in decisions]
@@ -112,7 +150,9 @@ def score(decisions: Sequence[Decision], truth: Sequence[int], task: Task, casca
     for j, stage in enumerate(cascade.stages):
         stats: dict[str, Any] = {"share": float(np.mean([d.stage_index == j for d in decisions])),
                                  "cost_per_event": stage.cost}
-        for attr in ("predict_seconds", "learn_seconds", "n_predicted", "n_learned"):
+        for attr in ("predict_seconds", "learn_seconds", "n_predicted", "n_learned",
+                     "train_seconds", "wait_seconds", "snapshots_published",
+                     "snapshots_declined", "demonstrations_dropped"):
             if hasattr(stage, attr):
                 stats[attr] = getattr(stage, attr)
         if stats.get("predict_seconds"):
@@ -135,12 +175,24 @@ def score(decisions: Sequence[Decision], truth: Sequence[int], task: Task, casca
         "early_answer_accuracy": accuracy([predicted[i] for i in early],
                                           [truth[i] for i in early]) if early else None,
         "unanswered": sum(p is None for p in predicted),
+        "degraded": sum(d.degraded for d in decisions),
+        "lost": lost,
+        **_llm_health(cascade),
         "stages": stages,
         "final_thresholds": [float(t) for t in cascade.controller.thresholds],
         "seconds": seconds,
         "_early_labels": {i: predicted[i] for i in early},
         "events_per_s": n / seconds if seconds else None,
     }
+
+
+def _llm_health(cascade: Cascade) -> dict[str, Any]:
+    """How the live LLM fared (requests hedged, requests cut by their timeout, the whole health
+    report); ``None`` for a backend that cannot say (recorded answers never fail that way)."""
+    health = cascade.health()
+    if not health:
+        return {"hedged": None, "timeouts": None, "llm_health": None}
+    return {"hedged": health["hedges"], "timeouts": health["timeouts"], "llm_health": health}
 
 
 def add_llm_alone(result: dict[str, Any], task: Task, llm_answers: Sequence[int | None] | None,
@@ -162,7 +214,7 @@ def add_llm_alone(result: dict[str, Any], task: Task, llm_answers: Sequence[int 
 
 def sweep(rows: Sequence[StreamRow], task: Task, make: Callable[[dict[str, Any]], Cascade],
           points: Sequence[dict[str, Any]], *, feedback: str, truth_share: float = 1.0,
-          batch_size: int = 1, progress: bool = True,
+          batch_size: int = 1, in_flight: int = 1, progress: bool = True,
           label: str = "sweep") -> list[dict[str, Any]]:
     """One replay per operating point; ``make(point)`` builds a fresh cascade for each."""
     out = []
@@ -170,7 +222,7 @@ def sweep(rows: Sequence[StreamRow], task: Task, make: Callable[[dict[str, Any]]
         cascade = make(point)
         desc = f"{label} {point}" if progress else False
         result = replay(rows, task, cascade, feedback=feedback, truth_share=truth_share,
-                        batch_size=batch_size, progress=desc)
+                        batch_size=batch_size, in_flight=in_flight, progress=desc)
         result["point"] = point
         out.append(result)
     return out

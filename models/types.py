@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from streamcascade.errors import UnknownLabelError
+from streamcascade.models.errors import UnknownLabelError
 
 # Where a demonstration came from: the learner records it, the operator reads it from feedback.
 SOURCE_LLM = "llm"
@@ -79,7 +79,9 @@ class Decision:
     """The cascade's answer to one event.
 
     ``label`` is ``None`` only when the last stage failed to answer (``error`` says why); the
-    operator turns such a decision into a dead letter rather than guess.
+    operator turns such a decision into a dead letter rather than guess. ``degraded`` marks an
+    answer an earlier stage gave because the LLM could not (``stage`` names it, ``error`` says
+    why the LLM did not answer); it is never learned from as the LLM's.
     """
 
     event_id: str
@@ -92,6 +94,7 @@ class Decision:
     path: list[str]
     model_version: int = 0
     error: str | None = None
+    degraded: bool = False
 
 
 def texts_of(events: Sequence[Event]) -> list[str]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -74,6 +75,14 @@ class Revocations:
         return [r for r in records if not self.is_stale(r)]
 
 
+@dataclass(slots=True)
+class _Tracked:
+    """A record read and not yet acked, and whether the operator is done with it."""
+
+    record: Any
+    done: bool = False
+
+
 class OffsetOrderAcks:
     """Tracks a stream's records from when they are read, and acks each partition's records in
     offset order as they are marked done.
@@ -87,8 +96,8 @@ class OffsetOrderAcks:
                  revocations: Revocations | None = None) -> None:
         self._ack = ack
         self.revocations = revocations or Revocations()
-        # Per partition, offset -> [record, done], in the order read (offsets rise within one).
-        self._open: dict[Any, OrderedDict[int, list[Any]]] = {}
+        # Per partition, offset -> its record, in the order read (offsets rise within one).
+        self._open: dict[Any, OrderedDict[int, _Tracked]] = {}
 
     @property
     def held(self) -> int:
@@ -99,7 +108,7 @@ class OffsetOrderAcks:
         """Records just read, in the order read; call before any of them is marked done."""
         for record in self.revocations.fresh(records):
             message = record.message
-            self._open.setdefault(message.tp, OrderedDict())[message.offset] = [record, False]
+            self._open.setdefault(message.tp, OrderedDict())[message.offset] = _Tracked(record)
 
     def forget(self, tps: Iterable[Any]) -> int:
         """Drop the tracked records of partitions just revoked (see :class:`Revocations`),
@@ -118,17 +127,17 @@ class OffsetOrderAcks:
             if entry is None:  # never tracked: nothing is known to be before it
                 await self._ack(record)
                 continue
-            if entry[0] is not record:
+            if entry.record is not record:
                 continue
-            entry[1] = True
+            entry.done = True
             touched.add(message.tp)
         for tp in touched:
             queue = self._open[tp]
             while queue:
-                offset, (record, finished) = next(iter(queue.items()))
-                if not finished:
+                offset, head = next(iter(queue.items()))
+                if not head.done:
                     break
                 del queue[offset]
-                await self._ack(record)
+                await self._ack(head.record)
             if not queue:
                 del self._open[tp]

@@ -18,12 +18,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-#: How long a micro-batch waits for events after its first one arrived. An event waits up to this
-#: long before it is answered, so it is most of a fast answer's latency; under load batches fill
-#: before it elapses. 10 ms against 20 ms, measured with ``streamcascade bench kafka`` at 1,000
-#: events/s: in-worker p99 14-16 ms instead of 25-27, the same CPU per event (0.85-0.90 ms).
-DEFAULT_BATCH_TIME_S = 0.01
-
 
 class _Collector:
     """The stream processor that fills the open batch; it holds the stream when that is full."""

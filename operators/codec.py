@@ -3,7 +3,9 @@
 Events are JSON objects whose id and text live under configurable field names (``id`` and
 ``text`` by default). Every decoding failure raises :class:`~streamcascade.errors.RecordError`
 with a reason code from :mod:`streamcascade.operators.dead_letters`; the operator turns it into a
-dead letter and goes on.
+dead letter and goes on. Reading is strict where readers differ: an object that names a key twice
+is a ``duplicate_keys`` dead letter, and ``NaN`` or ``Infinity`` (which Python's reader takes) is
+not JSON.
 
 >>> codec = RecordCodec(text_field="body")
 >>> codec.decode_event(b'{"id": 7, "body": "hello"}')
@@ -11,7 +13,11 @@ Event(id='7', text='hello')
 >>> codec.decode_event(b'{"id": 7, "body": ""}')
 Traceback (most recent call last):
 ...
-streamcascade.errors.RecordError: missing_text: field 'body' is empty
+streamcascade.models.errors.RecordError: missing_text: field 'body' is empty
+>>> codec.decode_event(b'{"id": 7, "body": "hello", "id": 8}')
+Traceback (most recent call last):
+...
+streamcascade.models.errors.RecordError: duplicate_keys: an object names the key 'id' twice
 """
 
 from __future__ import annotations
@@ -39,6 +45,27 @@ _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 MAX_ID_BYTES = 1024
 #: The sources of feedback the operator knows.
 SOURCES = (SOURCE_GROUND_TRUTH, SOURCE_LLM, SOURCE_AUDIT)
+
+
+class _DuplicateKey(ValueError):
+    """An object of the record names a key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object hook: an object, unless it names a key twice."""
+    value = dict(pairs)
+    if len(value) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return value
+
+
+def _not_json(constant: str) -> Any:
+    """``json.loads``' hook for ``NaN``, ``Infinity`` and ``-Infinity``: not JSON (RFC 8259)."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _is_unicode(text: str) -> bool:
@@ -98,7 +125,11 @@ class RecordCodec:
         try:
             # Decoded strictly first (json.loads(bytes) lets invalid UTF-8 through as lone
             # surrogates), in the encoding JSON allows that the bytes show (a BOM, UTF-16, ...).
-            value = json.loads(raw.decode(json.detect_encoding(raw)))
+            value = json.loads(raw.decode(json.detect_encoding(raw)),
+                               object_pairs_hook=_unique_keys, parse_constant=_not_json)
+        except _DuplicateKey as exc:
+            shown = repr(str(exc))[:100]
+            raise RecordError(dl.DUPLICATE_KEYS, f"an object names the key {shown} twice") from None
         except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
             raise RecordError(dl.MALFORMED_JSON, f"not JSON ({type(exc).__name__})") from None
         if not isinstance(value, dict):
@@ -121,6 +152,8 @@ class RecordCodec:
         if size > MAX_ID_BYTES:
             raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} is longer than "
                                              f"{MAX_ID_BYTES} bytes")
+        if "\x00" in event_id:  # (C clients and logs cut it short there: two ids would meet)
+            raise RecordError(dl.MISSING_ID, f"field {self.id_field!r} holds a NUL character")
         return event_id
 
     def decode_event(self, raw: bytes | None) -> Event:
@@ -169,20 +202,22 @@ class RecordCodec:
         return _compact({self.id_field: event_id, self.text_field: text}).encode("utf-8")
 
     def encode_output(self, decision: Decision, latency_ms: float) -> bytes:
-        """The output record of an answered event."""
-        return _compact(
-            {
-                "id": decision.event_id,
-                "label": decision.label,
-                "stage": decision.stage,
-                # (JSON has no NaN: a stage's broken probability is no confidence, not bad JSON)
-                "confidence": round(float(decision.confidence), 6)
-                if math.isfinite(decision.confidence) else None,
-                "cost": float(decision.cost),
-                "model_version": int(decision.model_version),
-                "latency_ms": round(latency_ms, 3),
-            }
-        ).encode("utf-8")
+        """The output record of an answered event; one an earlier stage answered because the
+        LLM could not carries ``"degraded": true`` (and ``stage`` names that stage)."""
+        output = {
+            "id": decision.event_id,
+            "label": decision.label,
+            "stage": decision.stage,
+            # (JSON has no NaN: a stage's broken probability is no confidence, not bad JSON)
+            "confidence": round(float(decision.confidence), 6)
+            if math.isfinite(decision.confidence) else None,
+            "cost": float(decision.cost),
+            "model_version": int(decision.model_version),
+            "latency_ms": round(latency_ms, 3),
+        }
+        if decision.degraded:
+            output["degraded"] = True
+        return _compact(output).encode("utf-8")
 
     def encode_feedback(self, event_id: str, label: str, source: str) -> bytes:
         return _compact(

@@ -18,10 +18,11 @@ MAX_BYTES = 16 * 1024 * 1024
 #: Room in a dead letter for all but the original (key, reason, detail, position).
 _ROOM = 64 * 1024
 
-#: The record is not JSON, or not a JSON object.
+#: The record is not JSON, or not a JSON object (``NaN`` and ``Infinity``, which Python's JSON
+#: reader would take, are not JSON either).
 MALFORMED_JSON = "malformed_json"
 #: The id field is missing, empty, not a string or an integer, longer than the codec's
-#: ``MAX_ID_BYTES``, or not valid Unicode.
+#: ``MAX_ID_BYTES``, not valid Unicode, or holds a NUL character.
 MISSING_ID = "missing_id"
 #: The text field is missing, not a string, empty, or not valid Unicode.
 MISSING_TEXT = "missing_text"
@@ -38,6 +39,9 @@ CASCADE_ERROR = "cascade_error"
 #: A feedback record whose source is not one the operator knows (``ground_truth``, ``llm``,
 #: ``audit``).
 UNKNOWN_SOURCE = "unknown_source"
+#: An object of the record names the same key twice (``{"id": "1", "id": "2"}``): JSON readers
+#: differ on which one counts (the first, the last, an error), so the record is not guessed at.
+DUPLICATE_KEYS = "duplicate_keys"
 
 REASONS: tuple[str, ...] = (
     MALFORMED_JSON,
@@ -49,6 +53,7 @@ REASONS: tuple[str, ...] = (
     LLM_FAILED,
     CASCADE_ERROR,
     UNKNOWN_SOURCE,
+    DUPLICATE_KEYS,
 )
 
 

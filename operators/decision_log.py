@@ -8,18 +8,19 @@ large), so memory is bounded however the streams behave. An event that expires u
 simply forgotten (most events are never labelled); feedback that expires unmatched comes back
 from :meth:`DecisionLog.expire` so that the operator can dead-letter it.
 
+>>> from types import SimpleNamespace
 >>> from streamcascade.models.types import Event
 >>> from streamcascade.operators.codec import Feedback
->>> now = [0.0]
->>> log = DecisionLog(ttl_s=10, clock=lambda: now[0])
+>>> clock = SimpleNamespace(now=0.0)
+>>> log = DecisionLog(ttl_s=10, clock=lambda: clock.now)
 >>> log.add_feedback(Feedback("a", 1, "ground_truth"), b"{}", None) is None  # before its event
 True
 >>> [m.event.text for m in log.record(Event("a", "some text"), predicted=0, stage="lr")]
 ['some text']
->>> now[0] = 11.0
+>>> clock.now = 11.0
 >>> log.add_feedback(Feedback("b", 0, "ground_truth"), b"{}", None) is None
 True
->>> now[0] = 30.0
+>>> clock.now = 30.0
 >>> [p.feedback.event_id for p in log.expire()]
 ['b']
 """
@@ -35,6 +36,11 @@ from typing import Any
 from streamcascade.models.types import Event
 from streamcascade.operators.codec import Feedback
 from streamcascade.operators.dead_letters import SourcePosition
+from streamcascade.operators.options import DEFAULTS
+
+#: In a sliced :meth:`DecisionLog.expire`, events forgotten per feedback record returned (an
+#: event leaves in a step; a feedback record becomes a dead letter to encode and write).
+EVENTS_PER_FEEDBACK = 20
 
 
 @dataclass(slots=True)
@@ -89,13 +95,17 @@ class DecisionLog:
         oldest entries leave first when one is reached.
     clock
         Seconds, monotonic; a parameter so that tests can move time.
+
+    Events and waiting feedback are kept in arrival order, as queues rather than least recently
+    used caches (a look-up does not make an entry newer): expiry and the capacity limits take
+    the oldest first, and the byte count follows every entry that leaves.
     """
 
     def __init__(
         self,
-        ttl_s: float = 600.0,
-        max_events: int = 100_000,
-        max_pending: int = 100_000,
+        ttl_s: float = DEFAULTS.decision_ttl_s,
+        max_events: int = DEFAULTS.decision_log_size,
+        max_pending: int = DEFAULTS.decision_log_size,
         clock: Callable[[], float] = time.monotonic,
         max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
@@ -109,7 +119,9 @@ class DecisionLog:
         self.clock = clock
         self._events: OrderedDict[str, LoggedEvent] = OrderedDict()
         self._pending: OrderedDict[tuple[str, int], PendingFeedback] = OrderedDict()
-        self._pending_by_id: dict[str, list[tuple[str, int]]] = {}
+        # Per event id, the keys of its waiting feedback in arrival order (a dict as an ordered
+        # set: one key leaves in O(1), however many wait for the same id).
+        self._pending_by_id: dict[str, dict[tuple[str, int], None]] = {}
         self._evicted: list[PendingFeedback] = []
         self._serial = 0
 
@@ -160,9 +172,9 @@ class DecisionLog:
         self._held -= len(gone.event.text)
 
     def _drop_pending(self) -> None:
-        _, oldest = self._pending.popitem(last=False)
+        key, oldest = self._pending.popitem(last=False)
         self._held -= len(oldest.raw)
-        self._forget_pending(oldest.feedback.event_id)
+        self._forget_pending(key)
         oldest.evicted = True
         self._evicted.append(oldest)
 
@@ -183,19 +195,19 @@ class DecisionLog:
         self._serial += 1
         pkey = (feedback.event_id, self._serial)
         self._pending[pkey] = PendingFeedback(feedback, raw, position, now, key, token)
-        self._pending_by_id.setdefault(feedback.event_id, []).append(pkey)
+        self._pending_by_id.setdefault(feedback.event_id, {})[pkey] = None
         self._held += len(raw)
         self._shrink()
         return None
 
-    def _forget_pending(self, event_id: str) -> None:
+    def _forget_pending(self, key: tuple[str, int]) -> None:
+        """Forget one waiting feedback's key in the index by event id (it left the log)."""
+        event_id = key[0]
         keys = self._pending_by_id.get(event_id)
         if keys is None:
             return
-        live = [k for k in keys if k in self._pending]
-        if live:
-            self._pending_by_id[event_id] = live
-        else:
+        keys.pop(key, None)
+        if not keys:
             del self._pending_by_id[event_id]
 
     def forget_feedback(self, positions: set[tuple[str, int]]) -> list[PendingFeedback]:
@@ -212,27 +224,48 @@ class DecisionLog:
             if gone(waiting):
                 del self._pending[key]
                 self._held -= len(waiting.raw)
-                self._forget_pending(waiting.feedback.event_id)
+                self._forget_pending(key)
                 dropped.append(waiting)
         return dropped
 
-    def expire(self) -> list[PendingFeedback]:
+    def expire(self, limit: int | None = None) -> list[PendingFeedback]:
         """Forget events older than the TTL; return feedback that waited longer than the TTL
-        (or was pushed out by capacity): it will never be matched."""
+        (or was pushed out by capacity): it will never be matched.
+
+        With ``limit``, at most that many feedback records are returned and at most
+        ``EVENTS_PER_FEEDBACK`` times as many events forgotten (each a cheap step); the rest
+        wait for the next call (:attr:`expiry_due` says whether there is more), so that a caller
+        on the event loop can do the work in slices and let events be answered between them."""
         horizon = self.clock() - self.ttl_s
-        while self._events:
+        events_left = None if limit is None else limit * EVENTS_PER_FEEDBACK
+        while self._events and (events_left is None or events_left > 0):
             first = next(iter(self._events.values()))
             if first.decided_at >= horizon:
                 break
             self._events.popitem(last=False)
             self._held -= len(first.event.text)
-        expired, self._evicted = self._evicted, []
-        while self._pending:
+            if events_left is not None:
+                events_left -= 1
+        if limit is None or len(self._evicted) <= limit:
+            expired, self._evicted = self._evicted, []
+        else:
+            expired, self._evicted = self._evicted[:limit], self._evicted[limit:]
+        while self._pending and (limit is None or len(expired) < limit):
             key, first_pending = next(iter(self._pending.items()))
             if first_pending.arrived_at >= horizon:
                 break
             del self._pending[key]
             self._held -= len(first_pending.raw)
-            self._forget_pending(first_pending.feedback.event_id)
+            self._forget_pending(key)
             expired.append(first_pending)
         return expired
+
+    def expiry_due(self) -> bool:
+        """Whether :meth:`expire` has something to do now."""
+        horizon = self.clock() - self.ttl_s
+        if self._evicted:
+            return True
+        event = next(iter(self._events.values()), None)
+        waiting = next(iter(self._pending.values()), None)
+        return ((event is not None and event.decided_at < horizon)
+                or (waiting is not None and waiting.arrived_at < horizon))

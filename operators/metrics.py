@@ -2,21 +2,41 @@
 
 Counters and histograms are updated once per micro-batch where they can be (the hot path stays
 lean); the rolling figures (deferral rate per stage, quality on feedback) are gauges computed over
-a window of recent events.
+a window of recent events. A live LLM's own figures (its circuit breaker, hedges, timeouts) are
+read from its health report when Prometheus scrapes (:meth:`OperatorMetrics.watch_llm`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from streamcascade.models.llm.base import ReportsHealth
 from streamcascade.models.types import Decision
 from streamcascade.operators import dead_letters as dl
+from streamcascade.operators.options import DEFAULTS
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LAG_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+#: A live LLM's running totals, as counters: (key in its health report, metric name, help).
+_LLM_COUNTERS = (
+    ("requests", "streamcascade_llm_requests", "Requests sent to the LLM, hedges included"),
+    ("retries", "streamcascade_llm_retries", "Requests sent again after one failed"),
+    ("hedges", "streamcascade_llm_hedges",
+     "Hedges: a request sent again beside one slower than the LLM's recent p95 latency"),
+    ("hedge_wins", "streamcascade_llm_hedge_wins", "Answers that came from a hedge"),
+    ("timeouts", "streamcascade_llm_timeouts", "Requests cut by the request timeout"),
+    ("deadline_exceeded", "streamcascade_llm_deadline_exceeded",
+     "Events given up when their deadline for an LLM answer passed"),
+    ("breaker_rejections", "streamcascade_llm_breaker_rejections",
+     "Events refused at once because the circuit breaker was open"),
+    ("breaker_opened", "streamcascade_llm_breaker_opened", "Times the circuit breaker opened"),
+)
+_BREAKER_STATES = ("closed", "open", "half_open")
 
 
 class OperatorMetrics:
@@ -36,7 +56,7 @@ class OperatorMetrics:
     def __init__(
         self,
         stages: Sequence[str],
-        window: int = 1000,
+        window: int = DEFAULTS.metrics_window,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.stages = list(stages)
@@ -128,9 +148,52 @@ class OperatorMetrics:
         self.demonstrations_skipped = Counter(
             "streamcascade_demonstrations_skipped_total",
             "Demonstrations not learned: a malformed record or a learning step that raised "
-            "(each logged), or one read again after a rebalance and learned already",
+            "(each logged), one read again after a rebalance and learned already, a repeat of "
+            "an (event, source) already learned with the same label (duplicate) or another "
+            "(conflicting), one over its source's or key pattern's budget (rate_limited), or "
+            "one learned into a version the publish gate refused (refused_version)",
             ["reason"], registry=r,
         )
+        self.feedback_contradictions = Counter(
+            "streamcascade_feedback_contradictions_total",
+            "Ground-truth demonstrations that contradict both the LLM and the stages answering "
+            "at high confidence (learned all the same; an unusual rate raises "
+            "streamcascade_poisoning_suspected)", registry=r,
+        )
+        self.poisoning_suspected = Gauge(
+            "streamcascade_poisoning_suspected",
+            "1 while ground truth contradicts the model at an unusual rate (a WARNING gives the "
+            "evidence), else 0", registry=r,
+        )
+        self.poisoning_alarms = Counter(
+            "streamcascade_poisoning_alarms_total",
+            "Times streamcascade_poisoning_suspected went to 1", registry=r,
+        )
+        self.states_rejected = Counter(
+            "streamcascade_states_rejected_total",
+            "Candidate model versions the publish gate refused (clearly worse than the published "
+            "one on held-back demonstrations); the fleet kept the published one", registry=r,
+        )
+        self.publish_gate_loss = Gauge(
+            "streamcascade_publish_gate_loss",
+            "The last candidate version's net loss of accuracy against the published one on the "
+            "held-back demonstrations of each source (negative: it was better)", ["source"],
+            registry=r,
+        )
+        self.record_key_mismatches = Counter(
+            "streamcascade_record_key_mismatches_total",
+            "Records whose Kafka key is not their event id (their feedback may miss them: "
+            "feedback is co-partitioned by id)", ["topic"], registry=r,
+        )
+        self.degraded = Counter(
+            "streamcascade_degraded_total",
+            "Events the LLM could not answer that an earlier stage answered (on_llm_failure = "
+            "degrade), by that stage", ["stage"], registry=r,
+        )
+        self._llm_watched = False
+        # No data is not a zero: the rolling figures read NaN until they have some.
+        self.quality.set(float("nan"))
+        self.llm_share.set(float("nan"))
         # Rolling windows, kept with running counts so that a batch costs O(batch), not O(window).
         self._answered_at: deque[int] = deque()
         self._exits = [0] * len(self.stages)  # events of the window answered at each stage
@@ -147,6 +210,8 @@ class OperatorMetrics:
         for decision, latency in zip(decisions, latencies_s, strict=True):
             idx = min(max(decision.stage_index, 0), n_stages - 1)
             answered[idx] += 1
+            if decision.degraded:
+                self.degraded.labels(decision.stage).inc()
             self._answered_at.append(idx)
             self._exits[idx] += 1
             if len(self._answered_at) > self.window:
@@ -189,6 +254,41 @@ class OperatorMetrics:
             self._n_correct -= self._correct.popleft()
         self.quality.set(self._n_correct / len(self._correct))
 
+    def watch_llm(self, source: ReportsHealth) -> None:
+        """Publish ``source``'s health report (a live LLM's, or a model's that has one) as
+        metrics, read at each scrape; once per registry."""
+        if not self._llm_watched:
+            self.registry.register(_LLMHealthCollector(source))
+            self._llm_watched = True
+
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""
         start_http_server(port, addr=addr, registry=self.registry)
+
+
+class _LLMHealthCollector(Collector):
+    """A live LLM's health report as metrics, read when they are scraped (the client keeps the
+    running totals; copying them on every batch would cost the hot path for nothing)."""
+
+    def __init__(self, source: ReportsHealth) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._source.health()
+        if not health:  # a backend that cannot fail that way (recorded answers)
+            return
+        state = GaugeMetricFamily(
+            "streamcascade_llm_breaker_state",
+            "1 for the LLM circuit breaker's state (closed: calls go out; open: refused; "
+            "half_open: a trial call)", labels=["state"])
+        for name in _BREAKER_STATES:
+            state.add_metric([name], 1.0 if health.get("breaker_state") == name else 0.0)
+        yield state
+        for key, name, doc in _LLM_COUNTERS:
+            yield CounterMetricFamily(name, doc, value=float(health.get(key) or 0))
+        p95 = health.get("latency_p95_s")
+        yield GaugeMetricFamily(
+            "streamcascade_llm_latency_p95_seconds",
+            "95th percentile of the LLM's recent answer latencies: a request out longer gets a "
+            "hedge (NaN until enough answers are seen)",
+            value=float("nan") if p95 is None else float(p95))

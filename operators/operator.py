@@ -6,33 +6,55 @@ One event's path: the operator agent reads a batch of raw records from the input
 the event id, writes the LLM's answers to the feedback topic (source ``llm``), and acks the
 batch's records only once the broker has every record written for it, so that Faust commits
 their offsets (at least once). The writes of a batch overlap with answering the next
-(``install.PipelinedWriter``).
+(:class:`~streamcascade.operators.writer.PipelinedWriter`).
 
 The feedback agent reads the feedback topic, which is co-partitioned with the input topic (same
 partition count, keyed by event id; the operator writes the LLM's feedback to the input record's
 partition number), so feedback meets its event in the :class:`DecisionLog` of the worker that
-answered it. Each joined pair becomes a demonstration (id, text, label, source) on the single
-partition demonstrations topic that the learner reads (``operators/learner_agent.py``).
+answered it. A repeat of an (event, source) the worker already took is acked and counted, not
+joined again (first wins, :mod:`.demo_dedup`). Each joined pair becomes a demonstration (id,
+text, label, source) on the single partition demonstrations topic that the learner reads
+(:mod:`.fleet_learner`).
+
+The model is anything that keeps the :class:`~streamcascade.models.protocol.StreamModel`
+protocol (a :class:`~streamcascade.models.cascade.Cascade`): its answer to a batch carries the
+decisions and the demonstrations (the LLM's answers) together.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamcascade.errors import RecordError
-from streamcascade.models.types import SOURCE_GROUND_TRUTH, SOURCE_LLM, Decision, Event
+from streamcascade.models.protocol import StreamModel
+from streamcascade.models.types import (
+    SOURCE_GROUND_TRUTH,
+    SOURCE_LLM,
+    Decision,
+    Demonstration,
+    Event,
+)
 from streamcascade.operators import dead_letters as dl
 from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.decision_log import DecisionLog, Match, PendingFeedback
+from streamcascade.operators.demo_dedup import NEW, DemonstrationDedup
+from streamcascade.operators.key_check import KeyMismatchCheck
 from streamcascade.operators.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
+
+
+#: Expired feedback turned into dead letters in one step of the event loop: a dead letter takes
+#: tens of microseconds to build, so a slice stays within a few milliseconds, and a burst of
+#: unmatched feedback does not hold up the answering of events.
+EXPIRY_SLICE = 50
+#: Feedback records joined in one step of the event loop, for the same reason.
+FEEDBACK_SLICE = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +86,13 @@ class FeedbackResult:
     ack: list[Any] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class RetryBudget:
+    """What is left of a batch's failed attempts, shared by the parts it is answered in."""
+
+    left: int
+
+
 def encode_demonstration(match: Match, label_name: str) -> bytes:
     """A demonstration record: everything the learner needs, the event's text included."""
     return json.dumps(
@@ -79,8 +108,9 @@ class CascadeOperator:
 
     Parameters
     ----------
-    cascade
-        Answers events; its ``task.labels`` name the labels.
+    model
+        Answers events (a :class:`~streamcascade.models.cascade.Cascade`); its ``task.labels``
+        name the labels.
     codec
         Reads and writes the records.
     decision_log
@@ -96,23 +126,28 @@ class CascadeOperator:
 
     def __init__(
         self,
-        cascade: Any,
+        model: StreamModel,
         codec: RecordCodec,
         decision_log: DecisionLog,
         metrics: OperatorMetrics,
         publish_llm_feedback: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cascade = cascade
+        self.model = model
         self.codec = codec
         self.decision_log = decision_log
         self.metrics = metrics
         self.publish_llm_feedback = publish_llm_feedback
         self.clock = clock
-        self.labels = cascade.task.labels
+        self.labels = model.task.labels
         self._joined_tokens: list[Any] = []
         #: The dead-letter topic's record limit (lowered at start to what the topic takes).
         self.dead_letter_max_bytes = dl.MAX_BYTES
+        self.key_check = KeyMismatchCheck(
+            lambda topic: metrics.record_key_mismatches.labels(topic).inc())
+        #: The (event, source) keys of the feedback this worker took: a repeat is acked and
+        #: counted, not joined again (the learner drops repeats too; this spares the topic).
+        self.seen_feedback = DemonstrationDedup(max(decision_log.max_pending, 1000))
 
     # -- events ------------------------------------------------------------------------------
     def _letter(self, record: InRecord, reason: str, detail: str) -> Outgoing:
@@ -138,7 +173,7 @@ class CascadeOperator:
         """Answer a batch of input records; every record yields an output or a dead letter.
 
         With ``write_early``, the outputs of early answers are handed to it as soon as the
-        cascade has them, before the LLM answers the rest of the batch (a first-stage answer
+        model has them, before the LLM answers the rest of the batch (a first-stage answer
         does not wait for the LLM's latency); the returned records are then the others."""
         self.metrics.events_in.inc(len(records))
         out: list[Outgoing] = []
@@ -150,6 +185,8 @@ class CascadeOperator:
                 sources.append(record)
             except RecordError as exc:
                 out.append(self._letter(record, exc.reason, exc.detail))
+                continue
+            self.key_check(record.key, events[-1].id, record.position)
         # An exact repeat of an event in the batch (a producer's retry: same id, same text) is
         # the same event, answered once. A reused id with another text is answered in a later
         # round (answers, latencies and feedback are keyed by id), without early writes, so that
@@ -174,24 +211,25 @@ class CascadeOperator:
 
     async def _answer(self, events: list[Event], sources: list[InRecord],
                       write_early: Callable[[list[Outgoing]], None] | None,
-                      retries: list[int] | None = None) -> list[Outgoing]:
+                      retries: RetryBudget | None = None) -> list[Outgoing]:
         """Answer decoded events with distinct ids (see :meth:`handle_events`).
 
-        Where the cascade fails on the batch, one bad event must not cost the others: the
+        Where the model fails on the batch, one bad event must not cost the others: the
         events not yet answered are answered again in halves, down to those that fail alone,
         which become dead letters. ``retries`` is what is left of the batch's budget of failed
-        attempts (a few bad events take about log2(n) each; a cascade that fails on every event
-        must not run 2n - 1 times): once it is spent, the rest are dead letters too."""
+        attempts (a few bad events take about log2(n) each; a model that fails on every event
+        must not run 2n - 1 times): once it is spent, the rest are dead letters too. A failed
+        attempt yields no demonstrations: its events are answered again."""
         out: list[Outgoing] = []
         written: dict[str, tuple[float, Decision]] = {}  # event id -> its early output's
         # latency and answer
-        hook: dict[str, Any] = {}
-        if write_early is not None:
-            hook["on_early"] = self._early_writer(events, sources, written, write_early)
+        on_early = (None if write_early is None
+                    else self._early_writer(events, sources, written, write_early))
         try:
-            decisions = await self.cascade.answer(events, **hook)
+            answer = await self.model.answer(events, on_early=on_early)
         except Exception as exc:  # the stream goes on
             return await self._answer_apart(exc, events, sources, written, write_early, retries)
+        decisions = answer.decisions
         self.metrics.observe_llm_calls(decisions)
         now = self.clock()
         answered: list[Decision] = []
@@ -212,19 +250,16 @@ class CascadeOperator:
             out.extend(self._log_event(event, decision.label_index, decision.stage))
         self.metrics.observe_batch(answered, latencies)
         partition_of = {e.id: r.position.partition for e, r in zip(events, sources, strict=True)}
-        out.extend(self._expert_feedback(partition_of))
+        out.extend(self._expert_feedback(answer.demonstrations, partition_of))
         return out
 
     async def _answer_apart(self, exc: Exception, events: list[Event], sources: list[InRecord],
                             written: dict[str, tuple[float, Decision]],
                             write_early: Callable[[list[Outgoing]], None] | None,
-                            retries: list[int] | None) -> list[Outgoing]:
-        """After the cascade raised on ``events``: the early answers it wrote stand, and the
+                            retries: RetryBudget | None) -> list[Outgoing]:
+        """After the model raised on ``events``: the early answers it wrote stand, and the
         others are answered again in halves (see :meth:`_answer`)."""
         out: list[Outgoing] = []
-        take = getattr(self.cascade, "take_demonstrations", None)
-        if take is not None:
-            take()  # the LLM answers of a failed attempt: its events are answered again
         # An early answer is an answer: counted, and its labels still teach.
         self.metrics.observe_batch([d for _, d in written.values()],
                                    [t for t, _ in written.values()])
@@ -234,12 +269,12 @@ class CascadeOperator:
                                            written[event.id][1].stage))
         rest = [(e, r) for e, r in zip(events, sources, strict=True) if e.id not in written]
         if retries is None:
-            log.error("the cascade failed on a batch of %d events; answering them again in "
+            log.error("the model failed on a batch of %d events; answering them again in "
                       "parts: those that fail alone become %s dead letters", len(events),
                       dl.CASCADE_ERROR, exc_info=exc)
-            retries = [2 * max(1, len(events)).bit_length() + 2]
-        retries[0] -= 1
-        if len(events) > 1 and rest and retries[0] >= 0:
+            retries = RetryBudget(2 * max(1, len(events)).bit_length() + 2)
+        retries.left -= 1
+        if len(events) > 1 and rest and retries.left >= 0:
             half = (len(rest) + 1) // 2
             for part in (rest[:half], rest[half:]):
                 if part:
@@ -273,7 +308,7 @@ class CascadeOperator:
     def _early_writer(self, events: Sequence[Event], sources: Sequence[InRecord],
                       written: dict[str, tuple[float, Decision]],
                       write: Callable[[list[Outgoing]], None]) -> Callable[[list[Decision]], None]:
-        """The cascade's ``on_early`` hook: encode early answers and hand them to ``write``,
+        """The model's ``on_early`` hook: encode early answers and hand them to ``write``,
         noting each one's latency in ``written``."""
         received = {e.id: r.received_at for e, r in zip(events, sources, strict=True)}
 
@@ -291,10 +326,9 @@ class CascadeOperator:
 
         return on_early
 
-    def _expert_feedback(self, partition_of: dict[str, int]) -> list[Outgoing]:
+    def _expert_feedback(self, demos: Sequence[Demonstration],
+                         partition_of: dict[str, int]) -> list[Outgoing]:
         """The LLM's answers of this batch (deferred and audited events) as feedback records."""
-        take = getattr(self.cascade, "take_demonstrations", None)
-        demos = take() if take is not None else []
         if not (self.publish_llm_feedback and demos):
             return []
         out = []
@@ -329,20 +363,35 @@ class CascadeOperator:
                 result.outgoing.append(self._letter(record, exc.reason, exc.detail))
                 result.ack.append(record.handle)
                 continue
+            self.key_check(record.key, feedback.event_id, record.position)
+            verdict = self.seen_feedback.check(feedback.event_id, feedback.source, feedback.label)
+            if verdict != NEW:  # each event teaches once per source: first wins
+                self.metrics.demonstrations_skipped.labels(verdict).inc()
+                result.ack.append(record.handle)
+                continue
             match = self.decision_log.add_feedback(
                 feedback, record.value or b"", record.position, record.key, token=record.handle
             )
             if match is not None:
                 result.outgoing.extend(self._joined(match))
                 result.ack.append(record.handle)
-        self.expire_into(result)
+        self.expire_into(result, EXPIRY_SLICE)
         return result
 
-    def expire_into(self, result: FeedbackResult) -> None:
-        """Dead-letter feedback whose event did not come within the time-to-live."""
-        for waiting in self.decision_log.expire():
+    def forget_waiting(self, waiting: Sequence[PendingFeedback]) -> None:
+        """Waiting feedback left this worker un-acked (a rebalance): whoever reads it again
+        must not take it for a repeat."""
+        for entry in waiting:
+            self.seen_feedback.forget(entry.feedback.event_id, entry.feedback.source)
+
+    def expire_into(self, result: FeedbackResult, limit: int | None = None) -> bool:
+        """Dead-letter feedback whose event did not come within the time-to-live, at most
+        ``limit`` records of it; returns whether more is due (a caller on the event loop does
+        the rest in further slices, letting events be answered between them)."""
+        for waiting in self.decision_log.expire(limit):
             result.outgoing.append(self._expired_letter(waiting))
             result.ack.append(waiting.token)
+        return limit is not None and self.decision_log.expiry_due()
 
     def _expired_letter(self, waiting: PendingFeedback) -> Outgoing:
         position = waiting.position or dl.SourcePosition("", -1, -1)
@@ -355,12 +404,3 @@ class CascadeOperator:
         return self._dead_letter(waiting.raw, dl.FEEDBACK_UNMATCHED, position, detail,
                                  waiting.key)
 
-
-Sender = Callable[[Outgoing], Awaitable[Awaitable[Any]]]
-
-
-async def write_all(send: Sender, outgoing: Sequence[Outgoing]) -> None:
-    """Hand every record to the producer, then wait until the broker has acknowledged each."""
-    deliveries = [await send(record) for record in outgoing]
-    if deliveries:
-        await asyncio.gather(*deliveries)

@@ -20,7 +20,7 @@ worker ignores any snapshot whose version is not above the one it serves.
 >>> StateSigner(b"x" * 32).verify(blob)
 Traceback (most recent call last):
 ...
-streamcascade.errors.ModelStateError: model state signature does not match: refused
+streamcascade.models.errors.ModelStateError: model state signature does not match: refused
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from streamcascade.errors import ConfigurationError, ModelStateError
+from streamcascade.operators.options import STATE_MAX_BYTES
 from streamcascade.operators.topics import partition_counts
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class StateWatcher:
         signer: StateSigner,
         apply: Callable[[Snapshot], None],
         on_refused: Callable[[str], None] | None = None,
-        max_bytes: int = 64 * 1024 * 1024,
+        max_bytes: int = STATE_MAX_BYTES,
         on_failure: Callable[[BaseException], Awaitable[Any]] | None = None,
     ) -> None:
         self.bootstrap = bootstrap

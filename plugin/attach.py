@@ -17,52 +17,45 @@ from typing import Any
 from pydantic import SecretStr
 
 from streamcascade.errors import ConfigurationError
-from streamcascade.operators.codec import RecordCodec
-from streamcascade.operators.install import (
-    OperatorHandle,
-    OperatorOptions,
-    OperatorTopics,
-    install,
-)
+from streamcascade.models.llm.base import ReportsHealth
+from streamcascade.models.protocol import StreamModel
+from streamcascade.operators.runtime import OperatorRuntime
 from streamcascade.operators.state_store import StateSigner
+from streamcascade.operators.topics import OperatorTopics
 from streamcascade.settings import Settings
 
 
-def options_from(settings: Settings) -> OperatorOptions:
-    """The operator's batching, join and learning options from the settings."""
-    return OperatorOptions(
-        batch_size=settings.batch_size,
-        batch_time_s=settings.batch_time_s,
-        learn_batch_size=settings.learn_batch_size,
-        learn_batch_time_s=settings.learn_batch_time_s,
-        publish_interval_s=settings.publish_interval_s,
-        decision_ttl_s=settings.decision_ttl_s,
-        decision_log_size=settings.decision_log_size,
-        state_max_bytes=settings.state_max_bytes,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        freeze_heap=settings.freeze_heap,
-    )
-
-
-def codec_from(settings: Settings) -> RecordCodec:
-    return RecordCodec(
-        id_field=settings.id_field,
-        text_field=settings.text_field,
-        label_field=settings.label_field,
-        source_field=settings.source_field,
-        max_bytes=settings.max_payload_bytes,
-    )
-
-
-def dead_letter_topic(settings: Settings, source: str, named: str | None = None) -> str:
-    """The dead-letter topic: the one ``named``, else the ``dlq_topic`` setting, else
-    ``<source>-dead-letters`` (a dead letter is never only logged)."""
-    return named or settings.dlq_topic or f"{source}-dead-letters"
+def install_operator(
+    app: Any,
+    model: StreamModel,
+    topics: OperatorTopics,
+    settings: Settings,
+    signing_key: SecretStr | str | bytes | None = None,
+    metrics_port: int | None = None,
+) -> OperatorRuntime:
+    """Install the operator on ``topics`` into ``app``, configured by ``settings``; what
+    :func:`attach` and ``streamcascade worker`` do. ``signing_key`` and ``metrics_port`` default
+    to their settings."""
+    key = signing_key if signing_key is not None else settings.state_signing_key
+    if topics.state and key is None:
+        raise ConfigurationError(
+            "a state topic needs a signing key: pass signing_key= or set "
+            "STREAMCASCADE_STATE_SIGNING_KEY (the same secret on every worker)"
+        )
+    signer = StateSigner(key) if topics.state and key is not None else None
+    runtime = OperatorRuntime(app, model, topics, codec=settings.record_codec(), signer=signer,
+                              options=settings.operator_options()).install()
+    if isinstance(model, ReportsHealth):  # a cascade, reporting how its LLM is doing
+        runtime.metrics.watch_llm(model)
+    port = metrics_port if metrics_port is not None else settings.metrics_port
+    if port:
+        runtime.metrics.serve(port)
+    return runtime
 
 
 def attach(
     app: Any,
-    cascade: Any,
+    cascade: StreamModel,
     *,
     source: str,
     sink: str,
@@ -72,15 +65,22 @@ def attach(
     signing_key: SecretStr | str | bytes | None = None,
     settings: Settings | None = None,
     metrics_port: int | None = None,
-) -> OperatorHandle:
+) -> OperatorRuntime:
     """Install the cascade operator into ``app``.
+
+    When the app starts, before it subscribes, the operator checks its topics: the input must
+    exist (or, with the setting ``wait_for_input``, is waited for); those it owns (``sink``,
+    ``feedback``, ``dlq``, ``state_topic``, ``<app id>-demonstrations``) are created where
+    missing, unless the setting ``create_topics`` is off. A problem stops the app with one error
+    naming each topic and the command that creates it.
 
     Parameters
     ----------
     app
         A ``faust.App``; its id is the consumer group of the operator's agents.
     cascade
-        A :class:`streamcascade.models.cascade.Cascade` (``build_cascade(...)``).
+        The model to serve: a :class:`streamcascade.models.cascade.Cascade`
+        (``build_cascade(...)``), or any :class:`~streamcascade.models.protocol.StreamModel`.
     source, sink
         The input topic (JSON events) and the output topic (JSON answers keyed by event id).
     feedback
@@ -99,22 +99,10 @@ def attach(
 
     Returns
     -------
-    OperatorHandle
-        The installed parts (metrics, decision log, learner), for inspection.
+    OperatorRuntime
+        The installed parts (metrics, decision log, learner, agents), for inspection.
     """
     settings = settings or Settings()
-    key = signing_key if signing_key is not None else settings.state_signing_key
-    if state_topic and key is None:
-        raise ConfigurationError(
-            "a state topic needs a signing key: pass signing_key= or set "
-            "STREAMCASCADE_STATE_SIGNING_KEY (the same secret on every worker)"
-        )
-    signer = StateSigner(key) if state_topic and key is not None else None
-    dlq = dead_letter_topic(settings, source, dlq)
-    topics = OperatorTopics(source, sink, feedback, dlq, state_topic)
-    handle = install(app, cascade, topics, codec=codec_from(settings), signer=signer,
-                     options=options_from(settings))
-    port = metrics_port if metrics_port is not None else settings.metrics_port
-    if port:
-        handle.metrics.serve(port)
-    return handle
+    topics = OperatorTopics(source, sink, feedback, settings.dead_letter_topic(source, dlq),
+                            state_topic, state_max_bytes=settings.state_max_bytes)
+    return install_operator(app, cascade, topics, settings, signing_key, metrics_port)

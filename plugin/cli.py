@@ -13,7 +13,7 @@ import click
 from pydantic import ValidationError
 
 from streamcascade import __version__
-from streamcascade.commands import bench, kafka, llm, onnx, replay, worker
+from streamcascade.commands import bench, kafka, llm, onnx, program, replay, train, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +32,8 @@ cli.add_command(onnx.onnx)
 cli.add_command(bench.bench)
 cli.add_command(worker.worker)
 cli.add_command(worker.demo)
+cli.add_command(program.program)
+cli.add_command(train.train)
 
 
 def main() -> None:

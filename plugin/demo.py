@@ -29,19 +29,19 @@ from typing import Any
 
 from tqdm import tqdm
 
-from streamcascade.errors import StreamcascadeError
-from streamcascade.models.datasets import StreamRow, read_stream
-from streamcascade.models.metrics import accuracy, task_metric
-from streamcascade.models.tasks import TASKS, Task
-from streamcascade.operators.codec import RecordCodec
-from streamcascade.operators.stream_io import (
+from streamcascade.benchkit.stream_io import (
     TopicReader,
     make_producer,
     start_worker,
     stop_worker,
     worker_command,
 )
-from streamcascade.operators.topics import TopicPlan, ensure_topics
+from streamcascade.errors import StreamcascadeError
+from streamcascade.models.datasets import StreamRow, read_stream
+from streamcascade.models.metrics import accuracy, task_metric
+from streamcascade.models.tasks import TASKS, Task
+from streamcascade.operators.codec import RecordCodec
+from streamcascade.operators.topics import OperatorTopics, ensure_topics
 
 DATA = Path(__file__).resolve().parent / "data" / "hatespeech.jsonl.gz"
 LLM = "gpt-3.5-turbo-1106"
@@ -49,7 +49,7 @@ WINDOW = 500
 
 
 def _free_port() -> int:
-    from streamcascade.kafka_launcher import find_free_port
+    from streamcascade.kafka import find_free_port
 
     return find_free_port()
 
@@ -70,8 +70,9 @@ def run_stream(
     topics = {"input": f"demo-{run}-events", "output": f"demo-{run}-predictions",
               "feedback": f"demo-{run}-feedback", "dlq": f"demo-{run}-dead-letters",
               "state-topic": f"demo-{run}-model-state"}
-    ensure_topics(bootstrap, TopicPlan(topics["input"], topics["output"], topics["feedback"],
-                                       topics["dlq"], topics["state-topic"], partitions=partitions))
+    ensure_topics(bootstrap, OperatorTopics(topics["input"], topics["output"], topics["feedback"],
+                                            topics["dlq"], topics["state-topic"],
+                                            partitions=partitions))
     metrics_port = _free_port()
     argv = worker_command(bootstrap, f"demo-{run}", topics, [
         "--task", "hatespeech", "--llm", LLM, "--llm-records", str(DATA),
@@ -240,7 +241,7 @@ def run_demo(
     timeout: float = 600.0,
     target_llm_share: float | None = None,
     max_quality_loss: float | None = None,
-    stages: str = "river",
+    stages: str = "hashed",
 ) -> dict[str, Any]:
     """Run the main job; see the module docstring. Returns the report."""
     worker_args: list[str] = ["--stages", stages]
@@ -257,7 +258,7 @@ def run_demo(
         bootstrap = Settings().bootstrap  # STREAMCASCADE_BOOTSTRAP: an existing cluster
     with contextlib.ExitStack() as stack:
         if bootstrap is None:
-            from streamcascade.kafka_launcher import LocalKafka
+            from streamcascade.kafka import LocalKafka
 
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="streamcascade-demo-"))
             broker = LocalKafka(Path(tmp) / "broker", tied_to_parent=True)

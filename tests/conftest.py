@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcascade.kafka_launcher import LocalKafka, check_cluster
+from streamcascade.kafka import LocalKafka, check_cluster
 from streamcascade.settings import Settings
 
 TESTS_ROOT = Path(__file__).resolve().parent

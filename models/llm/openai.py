@@ -9,43 +9,71 @@ One event's way through :meth:`OpenAIChatLLM.answer`::
         │no
     concurrency slot (semaphore) ──► breaker allows? ──no──► LLMUnavailableError
         │                               │yes
-        │                        POST, within ``timeout`` ──► 200 + readable label ──► answer
+        │                 POST, cut after the request timeout ──► 200 + readable label ──► answer
+        │                               │
+        │      still out after the server's observed p95 latency? ──► a hedge: the same request
+        │      again, beside the first; the first answer wins, the other request is cancelled
         │                               │
         │            429 / 5xx / connection error / timeout / malformed body
         │                               │
-        └──── sleep (exponential backoff with jitter, ``Retry-After`` as a floor) and try again,
-              while attempts and the ``deadline`` last; then a clear failure
+        └──── after a backoff (exponential with jitter, ``Retry-After`` as a floor) try again,
+              while attempts, the retry budget and the event's ``deadline`` last; then a clear
+              failure
+
+The request timeout is fitted to the server's label answers: ``timeout_fit`` times the 99th
+percentile of their recent latencies, never under a quarter second nor over ``timeout``, and never
+under the time since the server last answered anything (a server that has become slower, rather
+than one that hangs some requests, soon gets the time it now needs).
+
+Retries and hedges draw on one budget, a share of the first requests (``retry_budget``): a server
+that fails most requests gets about one request per event, not one per attempt, and events whose
+requests failed end quickly with a clear failure rather than queue behind each other's retries.
+
+The events of one call, and of calls made at the same time, are asked concurrently, up to
+``concurrency`` events with requests out at once: an event that only waits for its next attempt
+(a backoff, a ``Retry-After``) lets its slot go meanwhile, so that it does not hold up others.
+An event has at most two requests out (the first and a hedge, or a request that is slow and the
+retry of one that failed), so the server sees at most twice ``concurrency``.
 
 Every event ends as an :class:`LLMAnswer`: a label, or ``label=None`` with ``error`` naming the
 failure (``LLMTimeoutError``, ``LLMUnavailableError``, ``LLMResponseError``, or an answer outside
-the labels). Nothing raises out of :meth:`~OpenAIChatLLM.answer` but cancellation.
+the labels) and ``retryable`` saying whether asking later may mend it. Nothing raises out of
+:meth:`~OpenAIChatLLM.answer` but cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
-from streamcascade.errors import (
+from streamcascade.models.errors import (
     ConfigurationError,
     LLMError,
     LLMResponseError,
     LLMTimeoutError,
     LLMUnavailableError,
 )
-from streamcascade.models.llm.base import LLMAnswer
+from streamcascade.models.llm.base import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, LLMAnswer
 from streamcascade.models.llm.prompts import PromptTemplate, read_answer
-from streamcascade.models.llm.resilience import CircuitBreaker, backoff_delay, parse_retry_after
+from streamcascade.models.llm.resilience import (
+    CircuitBreaker,
+    LatencyWindow,
+    RetryBudget,
+    backoff_delay,
+    parse_retry_after,
+)
 from streamcascade.models.tasks import Task
 from streamcascade.models.types import Event
 
@@ -54,6 +82,9 @@ logger = logging.getLogger(__name__)
 #: Generated tokens needed by each constraint mode: a bare word, or a small JSON object.
 _DEFAULT_MAX_TOKENS = {"grammar": 8, "json_schema": 24, "none": 16}
 _MASK = "**********"
+#: No request is cut sooner: a pause of the event loop or of the garbage collector must not pass
+#: for a hung server.
+_TIMEOUT_FLOOR_S = 0.25
 
 
 def chat_completions_url(url: str) -> str:
@@ -84,8 +115,17 @@ class LLMStats:
     failed: int = 0
     cache_hits: int = 0
     shared_in_flight: int = 0
+    #: Requests sent, hedges included.
     requests: int = 0
     retries: int = 0
+    #: Hedges sent, and the answers that came from a hedge rather than the request it doubled.
+    hedges: int = 0
+    hedge_wins: int = 0
+    #: Requests cut by the request timeout; requests cancelled because another one answered.
+    timeouts: int = 0
+    cancelled: int = 0
+    #: Events given up when their deadline passed.
+    deadline_exceeded: int = 0
     breaker_rejections: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -94,7 +134,8 @@ class LLMStats:
 
 
 class _Retryable(Exception):
-    """One failed attempt that may be tried again; ``error`` is what to report if it is the last."""
+    """A failure that asking again may mend: one failed request (``error`` is what to report if it
+    is the last), or an event's final failure of that kind."""
 
     def __init__(
         self, error: LLMError, *, retry_after: float | None = None, server_fault: bool = True
@@ -103,6 +144,35 @@ class _Retryable(Exception):
         self.error = error
         self.retry_after = retry_after
         self.server_fault = server_fault
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One request of an event, out on the network."""
+
+    sent: float  # time.monotonic() when it went out
+    hedge: bool
+
+
+#: The answer of one request, and the token usage the server reported for it.
+_Reply = tuple[LLMAnswer, object]
+
+
+class _Slot:
+    """An event's hold on one of the client's concurrency slots."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self.held = False
+
+    async def take(self) -> None:
+        await self._slots.acquire()
+        self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self._slots.release()
 
 
 @dataclass(slots=True)
@@ -146,9 +216,16 @@ class OpenAIChatLLM:
     max_text_chars
         Longer event texts are cut to this length before they are sent.
     concurrency
-        Requests in flight at once (also the size of the connection pool).
+        Events asked at once, across all concurrent calls; each may have a hedge or a retry out
+        beside its first request, so the connection pool holds twice as many.
     timeout
-        Seconds one attempt may take, from sending the request to reading the whole answer.
+        Seconds one request may take at most, from sending it to reading the whole answer. An
+        answer is a label of a few tokens: a server silent for this long is stuck, and the request
+        is cut. It is also the request timeout until the server's latency is known.
+    timeout_fit
+        Once it is known, a request is cut after this many times the 99th percentile of the
+        server's recent answer latencies (within the bounds in the module's docstring); ``None``
+        keeps to ``timeout``.
     retries
         Further attempts after a failed one (429, 5xx, connection error, timeout, unreadable body).
     backoff_base, backoff_max
@@ -157,8 +234,15 @@ class OpenAIChatLLM:
     max_retry_after
         A ``Retry-After`` longer than this ends the event's attempts at once rather than wait.
     deadline
-        Seconds an event may spend in attempts and waits once it has a concurrency slot; by default
-        ``timeout * (retries + 1) + backoff_max * retries``.
+        Seconds an event may spend in requests and waits once it has a concurrency slot, whatever
+        the retries left; by default ``3 * timeout``.
+    hedge, hedge_quantile
+        Whether a request still out after the ``hedge_quantile`` quantile of the server's recent
+        answer latencies gets a twin (once per event); until enough answers are seen, none does.
+    retry_budget
+        Retries and hedges, together, as a share of first requests, beyond a reserve of ten
+        (refilled at one a second) for a quiet client; see
+        :class:`~streamcascade.models.llm.resilience.RetryBudget`.
     breaker_failures, breaker_reset
         Consecutive server failures that open the circuit breaker, and seconds it stays open.
     cache_size
@@ -182,13 +266,17 @@ class OpenAIChatLLM:
         temperature: float = 0.0,
         seed: int | None = None,
         max_text_chars: int = 2000,
-        concurrency: int = 8,
-        timeout: float = 30.0,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        timeout_fit: float | None = 3.0,
         retries: int = 3,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         max_retry_after: float = 30.0,
         deadline: float | None = None,
+        hedge: bool = True,
+        hedge_quantile: float = 0.95,
+        retry_budget: float = 0.2,
         breaker_failures: int = 5,
         breaker_reset: float = 10.0,
         cache_size: int = 4096,
@@ -205,6 +293,7 @@ class OpenAIChatLLM:
             )
         if (
             min(
+                retry_budget,
                 backoff_base,
                 backoff_max,
                 max_retry_after,
@@ -213,7 +302,16 @@ class OpenAIChatLLM:
             )
             < 0
         ):
-            raise ConfigurationError("backoff, Retry-After limit and prices must not be negative")
+            raise ConfigurationError(
+                "retry budget, backoff, Retry-After limit and prices must not be negative"
+            )
+        if (deadline is not None and deadline <= 0) or not 0.0 < hedge_quantile < 1.0 or (
+            timeout_fit is not None and timeout_fit <= 0
+        ):
+            raise ConfigurationError(
+                f"deadline and timeout_fit must be positive and hedge_quantile within (0, 1), "
+                f"got {deadline}, {timeout_fit}, {hedge_quantile}"
+            )
         self.url = url
         self.model = model
         self.task = task
@@ -232,13 +330,15 @@ class OpenAIChatLLM:
         self.max_text_chars = max_text_chars
         self.concurrency = concurrency
         self.timeout = timeout
+        self.timeout_fit = timeout_fit
         self.retries = retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
-        self.deadline = (
-            deadline if deadline is not None else timeout * (retries + 1) + backoff_max * retries
-        )
+        self.deadline = deadline if deadline is not None else 3.0 * timeout
+        self.hedge = hedge
+        self.hedge_quantile = hedge_quantile
+        self.retry_budget = retry_budget
         self.breaker_failures = breaker_failures
         self.breaker_reset = breaker_reset
         self.cache_size = cache_size
@@ -257,6 +357,9 @@ class OpenAIChatLLM:
         self._cache: OrderedDict[tuple[str, str], LLMAnswer] = OrderedDict()
         self._state: _LoopState | None = None
         self._rng = random.Random()
+        self._latency = LatencyWindow()
+        self._last_answer_at = -math.inf  # time.monotonic() of the server's last answer
+        self._budget = RetryBudget(ratio=retry_budget)
         self.stats = LLMStats()
 
     # -- public ---------------------------------------------------------------------------------
@@ -264,6 +367,30 @@ class OpenAIChatLLM:
     @property
     def breaker(self) -> CircuitBreaker:
         return self._breaker
+
+    def health(self) -> dict[str, Any]:
+        """How the server is doing, as plain figures for metrics and a replay's JSON."""
+        s = self.stats
+        return {
+            "breaker_state": self._breaker.state,
+            "breaker_opened": self._breaker.times_opened,
+            "events": s.events,
+            "answered": s.answered,
+            "no_label": s.no_label,
+            "failed": s.failed,
+            "requests": s.requests,
+            "retries": s.retries,
+            "hedges": s.hedges,
+            "hedge_wins": s.hedge_wins,
+            "timeouts": s.timeouts,
+            "cancelled": s.cancelled,
+            "deadline_exceeded": s.deadline_exceeded,
+            "breaker_rejections": s.breaker_rejections,
+            "budget_refusals": self._budget.refused,
+            "latency_p95_s": self._latency.quantile(0.95),
+            "request_timeout_s": self.request_timeout(),
+            "failures": dict(s.failures),
+        }
 
     async def answer(self, events: Sequence[Event]) -> list[LLMAnswer]:
         """Answer every event, in order; a failure is an answer with ``label=None``, ``error``."""
@@ -320,6 +447,8 @@ class OpenAIChatLLM:
         state.in_flight[key] = future
         try:
             result = await self._call(state, system, user)
+        except _Retryable as e:
+            result = self._failure(e.error, retryable=True)
         except LLMError as e:
             result = self._failure(e)
         except asyncio.CancelledError:
@@ -332,84 +461,210 @@ class OpenAIChatLLM:
             state.in_flight.pop(key, None)
         if result.label is not None:
             self.stats.answered += 1
-            self._cache_put(key, result)
+            self._cache_put(key, replace(result, cost=self.cost, calls=1))
         elif result.raw is not None:
             self.stats.no_label += 1
         future.set_result(result)
         return result
 
-    def _failure(self, error: LLMError) -> LLMAnswer:
+    def _failure(self, error: LLMError, *, retryable: bool = False) -> LLMAnswer:
         kind = type(error).__name__
         self.stats.failed += 1
         self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
-        return LLMAnswer(label=None, cost=0.0, error=self._scrub(f"{kind}: {error}"))
+        return LLMAnswer(
+            label=None, cost=0.0, error=self._scrub(f"{kind}: {error}"), retryable=retryable
+        )
 
     async def _call(self, state: _LoopState, system: str, user: str) -> LLMAnswer:
-        async with state.slots:
-            started = time.monotonic()
-            attempt = 0
-            while True:
-                if not self._breaker.allow():
-                    self.stats.breaker_rejections += 1
-                    raise LLMUnavailableError(
-                        f"circuit breaker open for {self._endpoint} after repeated failures; "
-                        f"next trial in {self._breaker.retry_in():.1f}s"
-                    )
-                remaining = self.deadline - (time.monotonic() - started)
-                sent_at = self._breaker.clock()
-                try:
-                    answer = await self._attempt(state, system, user, min(self.timeout, remaining))
-                except _Retryable as failure:
-                    if failure.server_fault:
-                        self._breaker.record_failure(sent_at)
-                    else:
-                        self._breaker.release()
-                    delay = self._next_delay(failure, attempt, started)
-                    logger.debug(
-                        "retry %d of %s in %.2fs: %s", attempt + 1, self._endpoint, delay, failure
-                    )
-                    self.stats.retries += 1
-                    attempt += 1
-                    await asyncio.sleep(delay)
-                    continue
-                except BaseException:
-                    self._breaker.release()
-                    raise
-                self._breaker.record_success()
-                return answer
+        slot = _Slot(state.slots)
+        await slot.take()
+        try:
+            return await self._race(state, system, user, slot)
+        finally:
+            slot.give_back()
 
-    def _next_delay(self, failure: _Retryable, attempt: int, started: float) -> float:
-        """Seconds to wait before the next attempt; raises the final error when none may follow."""
+    async def _race(self, state: _LoopState, system: str, user: str, slot: _Slot) -> LLMAnswer:
+        """Ask until an answer comes, or attempts or the deadline run out (see the module's
+        picture); raises :class:`_Retryable` with the final error when none came. The deadline
+        runs from the first request, through the waits for a slot again after a backoff."""
+        started = time.monotonic()
+        give_up_at = started + self.deadline
+        out: dict[asyncio.Task[_Reply], _Request] = {}
+        attempts = 0
+        may_hedge = self.hedge
+        hedged = False
+        retry_at: float | None = started  # when the next attempt may go; None: none will
+        final: LLMError | None = None
+        try:
+            while True:
+                if retry_at is not None and len(out) < 2 and time.monotonic() >= retry_at:
+                    retry_at = None
+                    if self._breaker.allow():
+                        out[self._send(state, system, user)] = _Request(time.monotonic(), False)
+                        if attempts == 0:
+                            self._budget.deposit()
+                        attempts += 1
+                    else:
+                        self.stats.breaker_rejections += 1
+                        final = LLMUnavailableError(
+                            f"circuit breaker open for {self._endpoint} after repeated failures; "
+                            f"next trial in {self._breaker.retry_in():.1f}s"
+                        )
+                if not out and retry_at is None:
+                    assert final is not None
+                    raise _Retryable(final)
+                hedge_at = self._hedge_at(out, may_hedge, retry_at)
+                wake = give_up_at
+                if retry_at is not None and len(out) < 2:
+                    wake = min(wake, retry_at)
+                if hedge_at is not None:
+                    wake = min(wake, hedge_at)
+                pause = max(0.0, wake - time.monotonic())
+                if out:
+                    done, _ = await asyncio.wait(
+                        out, timeout=pause, return_when=asyncio.FIRST_COMPLETED
+                    )
+                else:  # only a backoff to wait out: others may have the slot meanwhile
+                    done = set()
+                    slot.give_back()
+                    await asyncio.sleep(pause)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, give_up_at - time.monotonic())):
+                            await slot.take()
+                for task in done:
+                    request = out.pop(task)
+                    try:
+                        answer, usage = task.result()
+                    except _Retryable as failure:
+                        if retry_at is None:
+                            nxt = self._next_attempt(failure, attempts, give_up_at)
+                            if isinstance(nxt, LLMError):
+                                final = nxt
+                            else:
+                                retry_at = nxt
+                                self.stats.retries += 1
+                        continue
+                    return self._won(answer, usage, request, hedged)
+                now = time.monotonic()
+                if now >= give_up_at:
+                    self.stats.deadline_exceeded += 1
+                    raise _Retryable(
+                        LLMTimeoutError(
+                            f"no answer from {self._endpoint} within the event's deadline of "
+                            f"{self.deadline:.1f}s ({attempts} attempts"
+                            f"{', one hedged' if hedged else ''})"
+                        )
+                    )
+                if hedge_at is not None and now >= hedge_at:
+                    may_hedge = False  # once per event, whether or not it may go
+                    if self._budget.withdraw() and self._breaker.allow():
+                        out[self._send(state, system, user)] = _Request(now, True)
+                        self.stats.hedges += 1
+                        hedged = True
+        finally:
+            if out:  # overtaken, or the event was given up or cancelled
+                for task in out:
+                    task.cancel()
+                await asyncio.wait(out)
+                for task in out:
+                    if task.cancelled():
+                        self.stats.cancelled += 1
+                    else:
+                        task.exception()  # one that ended beside the winner: its verdict is in
+
+    def _hedge_at(
+        self, out: dict[asyncio.Task[_Reply], _Request], may_hedge: bool, retry_at: float | None
+    ) -> float | None:
+        """When the one request out gets its hedge; ``None`` if it gets none."""
+        if not may_hedge or retry_at is not None or len(out) != 1:
+            return None
+        after = self._latency.quantile(self.hedge_quantile)
+        if after is None:
+            return None  # no answers seen yet: nothing says this request is late
+        (request,) = out.values()
+        return request.sent + after
+
+    def request_timeout(self) -> float:
+        """Seconds a request sent now may take (see the module's docstring)."""
+        p99 = self._latency.quantile(0.99)
+        if self.timeout_fit is None or p99 is None:
+            return self.timeout
+        silent = time.monotonic() - self._last_answer_at
+        fitted = max(_TIMEOUT_FLOOR_S, self.timeout_fit * p99, silent)
+        return min(self.timeout, fitted)
+
+    def _won(self, answer: LLMAnswer, usage: object, request: _Request, hedged: bool) -> LLMAnswer:
+        """The winning answer, charged for every request its event sent to the server: an
+        overtaken request was read by the server too, so it costs what the winner did."""
+        self._last_answer_at = time.monotonic()
+        self._latency.add(self._last_answer_at - request.sent)
+        if request.hedge:
+            self.stats.hedge_wins += 1
+        calls = 2 if hedged else 1
+        for _ in range(calls):
+            self._charge(usage)
+        return replace(answer, cost=answer.cost * calls, calls=calls)
+
+    def _send(self, state: _LoopState, system: str, user: str) -> asyncio.Task[_Reply]:
+        return asyncio.create_task(self._request(state, system, user))
+
+    async def _request(self, state: _LoopState, system: str, user: str) -> _Reply:
+        """One request, and the breaker's verdict on it (``allow`` was asked before)."""
+        sent_at = self._breaker.clock()
+        try:
+            reply = await self._attempt(state, system, user)
+        except _Retryable as failure:
+            if failure.server_fault:
+                self._breaker.record_failure(sent_at)
+            else:
+                self._breaker.release()
+            raise
+        except BaseException:
+            self._breaker.release()
+            raise
+        self._breaker.record_success()
+        return reply
+
+    def _next_attempt(
+        self, failure: _Retryable, attempts: int, give_up_at: float
+    ) -> float | LLMError:
+        """When the next attempt may go after ``failure``, or the error to end with if none may."""
         error = failure.error
-        if attempt >= self.retries:
-            raise type(error)(f"{error} (after {attempt + 1} attempts)") from None
+        if attempts > self.retries:
+            return type(error)(f"{error} (after {attempts} attempts)")
         if failure.retry_after is not None and failure.retry_after > self.max_retry_after:
-            raise type(error)(
+            return type(error)(
                 f"{error}; the server asks to wait {failure.retry_after:.0f}s, longer than "
                 f"max_retry_after={self.max_retry_after:.0f}s"
-            ) from None
+            )
         delay = backoff_delay(
-            attempt,
+            attempts - 1,
             base=self.backoff_base,
             cap=self.backoff_max,
             retry_after=failure.retry_after,
             rng=self._rng,
         )
+        retry_at = time.monotonic() + delay
         # Wait only if an attempt can still follow within the deadline; never hang past it.
-        if time.monotonic() - started + delay >= self.deadline:
-            raise type(error)(
-                f"{error}; deadline of {self.deadline:.1f}s reached after {attempt + 1} attempts"
-            ) from None
-        return delay
+        if retry_at >= give_up_at:
+            return type(error)(
+                f"{error}; deadline of {self.deadline:.1f}s reached after {attempts} attempts"
+            )
+        if not self._budget.withdraw():
+            return type(error)(f"{error}; retry budget spent (after {attempts} attempts)")
+        logger.debug("retry %d of %s in %.2fs: %s", attempts, self._endpoint, delay, error)
+        return retry_at
 
-    async def _post(self, state: _LoopState, body: dict[str, Any], limit: float) -> httpx.Response:
+    async def _post(self, state: _LoopState, body: dict[str, Any]) -> httpx.Response:
         self.stats.requests += 1
+        limit = self.request_timeout()
         try:
-            async with asyncio.timeout(max(limit, 0.001)):
+            async with asyncio.timeout(limit):
                 return await state.client.post(self._endpoint, json=body)
         except (TimeoutError, httpx.TimeoutException):
+            self.stats.timeouts += 1
             raise _Retryable(
-                LLMTimeoutError(f"no answer from {self._endpoint} within {limit:.1f}s")
+                LLMTimeoutError(f"no answer from {self._endpoint} within {limit:.2f}s")
             ) from None
         except httpx.TransportError as e:
             raise _Retryable(
@@ -433,15 +688,15 @@ class OpenAIChatLLM:
             body["seed"] = self.seed
         return body
 
-    async def _attempt(self, state: _LoopState, system: str, user: str, limit: float) -> LLMAnswer:
+    async def _attempt(self, state: _LoopState, system: str, user: str) -> _Reply:
         body = self._body(system, user)
-        response = await self._post(state, body, limit)
+        response = await self._post(state, body)
         status = response.status_code
         if status == 400 and self._constraint:
             # The server may not know the constraint (response_format, grammar): ask it once
             # without, and keep to robust parsing if that works.
             plain = {k: v for k, v in body.items() if k not in self._constraint}
-            retry = await self._post(state, plain, limit)
+            retry = await self._post(state, plain)
             if retry.status_code == 200:
                 logger.warning(
                     "%s rejected constrain=%r (HTTP 400: %s); reading free answers from now on",
@@ -465,7 +720,7 @@ class OpenAIChatLLM:
             )
         return self._read(response)
 
-    def _read(self, response: httpx.Response) -> LLMAnswer:
+    def _read(self, response: httpx.Response) -> _Reply:
         try:
             payload = json.loads(response.content)
             content = payload["choices"][0]["message"]["content"]
@@ -478,7 +733,7 @@ class OpenAIChatLLM:
                     f"{self._quote(response.text)}"
                 )
             ) from None
-        self._charge(payload.get("usage"))
+        usage = payload.get("usage")
         label = read_answer(self.task, content)
         if label is None:
             return LLMAnswer(
@@ -488,8 +743,8 @@ class OpenAIChatLLM:
                     f"answer outside the labels {list(self.task.answer_words)}: {content[:120]!r}"
                 ),
                 raw=content,
-            )
-        return LLMAnswer(label=label, cost=self.cost, raw=content)
+            ), usage
+        return LLMAnswer(label=label, cost=self.cost, raw=content), usage
 
     def _charge(self, usage: object) -> None:
         if not isinstance(usage, dict):
@@ -520,7 +775,8 @@ class OpenAIChatLLM:
                 headers=headers,
                 timeout=httpx.Timeout(self.timeout),
                 limits=httpx.Limits(
-                    max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+                    max_connections=2 * self.concurrency,
+                    max_keepalive_connections=2 * self.concurrency,
                 ),
             )
             self._state = _LoopState(

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamcascade.errors import ConfigurationError
 from streamcascade.models.costs import llm_cost
 from streamcascade.models.datasets import iter_stream
+from streamcascade.models.errors import ConfigurationError
 from streamcascade.models.llm.base import LLMAnswer
 from streamcascade.models.tasks import Task
 from streamcascade.models.types import Event, LabelSet

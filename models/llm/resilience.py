@@ -2,13 +2,17 @@
 
 Kept free of I/O so that the rules can be tested with a clock in hand: :func:`backoff_delay` says
 how long to wait before the next attempt, :func:`parse_retry_after` reads a server's
-``Retry-After``, and :class:`CircuitBreaker` decides whether a call may go out at all.
+``Retry-After``, :class:`CircuitBreaker` decides whether a call may go out at all, and
+:class:`LatencyWindow` knows how long the server's answers take, which says when to hedge, and
+:class:`RetryBudget` keeps retries and hedges to a share of the requests.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
@@ -183,3 +187,108 @@ class CircuitBreaker:
             f"CircuitBreaker(failure_threshold={self.failure_threshold}, "
             f"reset_timeout={self.reset_timeout}, state={self._state!r})"
         )
+
+
+class LatencyWindow:
+    """The latencies of a server's recent answers, and their quantiles.
+
+    Only answers are recorded: a request that failed fast says nothing about how long an answer
+    takes, and one cut by a timeout or overtaken by its hedge has no latency to record. A quantile
+    is known once ``min_samples`` answers are in; before that :meth:`quantile` is ``None``.
+
+    >>> window = LatencyWindow(size=100, min_samples=10)
+    >>> window.quantile(0.95) is None
+    True
+    >>> for ms in range(1, 101): window.add(ms / 1000)
+    >>> window.quantile(0.95), window.quantile(0.5)
+    (0.095, 0.05)
+    """
+
+    def __init__(self, size: int = 256, min_samples: int = 20) -> None:
+        if size < 1 or not 1 <= min_samples <= size:
+            raise ValueError(f"need 1 <= min_samples <= size, got {min_samples}, {size}")
+        self.min_samples = min_samples
+        self._samples: deque[float] = deque(maxlen=size)
+        self._sorted: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def add(self, seconds: float) -> None:
+        self._samples.append(seconds)
+        self._sorted = None
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (nearest rank) of the window, ``None`` while too few are in."""
+        if len(self._samples) < self.min_samples:
+            return None
+        if self._sorted is None:
+            self._sorted = sorted(self._samples)
+        rank = max(1, math.ceil(q * len(self._sorted)))
+        return self._sorted[rank - 1]
+
+
+class RetryBudget:
+    """Keeps retries and hedges to a share of the requests, so that a failing server is not sent
+    several requests for every event it fails (a retry storm that keeps it down, and costs the
+    client its own CPU time).
+
+    Every first request of an event puts ``ratio`` of a token in; a retry or a hedge takes a whole
+    one, and is not sent when none is left. The bucket also fills at ``per_second`` tokens a
+    second, and holds at most ``reserve`` (it starts full), so that a quiet client can retry a few
+    times in a row.
+
+    >>> now = [0.0]
+    >>> budget = RetryBudget(ratio=0.5, reserve=2.0, per_second=0.0, clock=lambda: now[0])
+    >>> budget.withdraw(), budget.withdraw(), budget.withdraw()
+    (True, True, False)
+    >>> budget.deposit(); budget.deposit(); budget.withdraw()
+    True
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.2,
+        reserve: float = 10.0,
+        per_second: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ratio < 0 or reserve < 0 or per_second < 0:
+            raise ValueError(
+                f"ratio, reserve and per_second must not be negative, got {ratio}, {reserve}, "
+                f"{per_second}"
+            )
+        self.ratio = ratio
+        self.reserve = reserve
+        self.per_second = per_second
+        self.clock = clock
+        self._tokens = reserve
+        self._filled_at = clock()
+        #: Retries and hedges refused for want of a token.
+        self.refused = 0
+
+    @property
+    def tokens(self) -> float:
+        self._refill()
+        return self._tokens
+
+    def deposit(self) -> None:
+        """A first request went out."""
+        self._refill()
+        self._tokens = min(self.reserve, self._tokens + self.ratio)
+
+    def withdraw(self) -> bool:
+        """Whether a retry or hedge may go out now; a ``True`` spends a token."""
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.refused += 1
+        return False
+
+    def _refill(self) -> None:
+        now = self.clock()
+        if self.per_second > 0:
+            refill = (now - self._filled_at) * self.per_second
+            self._tokens = min(self.reserve, self._tokens + refill)
+        self._filled_at = now

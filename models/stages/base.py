@@ -30,6 +30,10 @@ class Stage(abc.ABC):
     labels: LabelSet
     #: Cost of answering one event, in the paper's units (parameters relative to BERT-base).
     cost: float
+    #: Whether the answer for a text is the same, to rounding, whether it is asked alone or in a
+    #: batch. A stage whose answers depend on their batch mates leaves this False (the contract
+    #: suite, ``tests/unit/test_stage_contract.py``, checks the promise where it is made).
+    batch_invariant: bool = False
 
     @abc.abstractmethod
     def predict_proba(self, texts: Sequence[str],

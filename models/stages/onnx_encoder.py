@@ -3,8 +3,9 @@
 The encoder (exported once by ``streamcascade onnx export``; see ``onnx_exports/``) turns a text
 into a unit-length embedding; nothing about the encoder is learned while the stream runs. On top
 of it, a multinomial logistic regression (binary tasks are its two-class case) learns from every
-label it is given, one example at a time, with AdaGrad steps. So the stage starts knowing nothing
-about the task (uniform probabilities) and sees no future of the stream.
+label it is given, one example at a time, with AdaGrad steps (the hashed stage's head too:
+:class:`~streamcascade.models.stages.head.SoftmaxHead`). So the stage starts knowing nothing about
+the task (uniform probabilities) and sees no future of the stream.
 
 The head's inputs are the embedding and, when the stage is not the first (``stack``), the previous
 stage's log-probabilities (centred per text): the head stacks on the cheaper stage instead of
@@ -38,16 +39,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from streamcascade.errors import ConfigurationError, ModelFileError, ModelStateError
 from streamcascade.models.costs import cost_of_parameters
+from streamcascade.models.errors import ConfigurationError, ModelFileError, ModelStateError
+from streamcascade.models.lru import LRUCache
 from streamcascade.models.stages.base import Stage
+from streamcascade.models.stages.head import SoftmaxHead
 from streamcascade.models.state import expect, pack_state, unpack_state
 from streamcascade.models.types import LabelSet
 
@@ -61,8 +63,9 @@ _LOG_FLOOR = 1e-6  # upstream probabilities are clipped here before their log is
 
 # Embedding caches shared by the stages of one process that run the same model file at the same
 # max_length (a replay runs the cascade and its baseline, each with its own stage): an embedding
-# is a function of the text alone, so encoding it twice would only cost time.
-_SHARED_CACHES: dict[tuple[str, int, str], OrderedDict[str, np.ndarray]] = {}
+# is a function of the text alone, so encoding it twice would only cost time. Keyed also by the
+# cache's size, so that no stage's cache is bounded by another stage's setting.
+_SHARED_CACHES: dict[tuple[str, int, str, int], LRUCache[str, np.ndarray]] = {}
 
 
 def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
@@ -193,15 +196,18 @@ class OnnxEncoderStage(Stage):
         use_int8 = variant == "int8" or (variant == "auto" and not on_gpu
                                          and self.manifest.has("int8"))
         self.variant_in_use = "int8" if use_int8 else "fp32"
+        # Dynamic int8 quantisation scales each batch's activations together (module docstring).
+        self.batch_invariant = self.variant_in_use == "fp32"
         self._session = self._open_session(self.manifest.verified_path(self.variant_in_use))
         self._tokenizer = self._open_tokenizer(self.manifest.verified_path("tokenizer"))
         self.cost = (float(cost) if cost is not None
                      else cost_of_parameters(dims["parameters"] + k * (self.n_inputs + 1)))
         cache_key = (str(self.manifest.data["files"][self.variant_in_use]["sha256"]),
-                     self.max_length, self.truncation)
-        self._cache: OrderedDict[str, np.ndarray] = (
-            _SHARED_CACHES.setdefault(cache_key, OrderedDict()) if shared_cache else OrderedDict())
-        self._reset()
+                     self.max_length, self.truncation, self.cache_size)
+        self._cache: LRUCache[str, np.ndarray] = (
+            _SHARED_CACHES.setdefault(cache_key, LRUCache(self.cache_size)) if shared_cache
+            else LRUCache(self.cache_size))
+        self.head = SoftmaxHead(self.n_inputs, k, learning_rate=self.learning_rate, l2=self.l2)
         # Counters for throughput reports; not learned state.
         self.predict_seconds = 0.0
         self.learn_seconds = 0.0
@@ -252,13 +258,6 @@ class OnnxEncoderStage(Stage):
             tokenizer.no_truncation()
         return tokenizer
 
-    def _reset(self) -> None:
-        k = len(self.labels)
-        self.weights = np.zeros((self.n_inputs, k), dtype=np.float64)
-        self.grad_sq = np.zeros((self.n_inputs, k), dtype=np.float64)
-        self.bias = np.zeros(k, dtype=np.float64)
-        self.bias_grad_sq = np.zeros(k, dtype=np.float64)
-
     # -- encoding ---------------------------------------------------------------------------------
 
     def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
@@ -300,7 +299,6 @@ class OnnxEncoderStage(Stage):
             if cached is None:
                 missing.setdefault(text, []).append(row)
             else:
-                self._cache.move_to_end(text)
                 out[row] = cached
         if missing:
             start = time.perf_counter()
@@ -310,18 +308,10 @@ class OnnxEncoderStage(Stage):
             self.n_encoded += len(unique)
             for text, vector in zip(unique, fresh, strict=True):
                 out[missing[text]] = vector
-                self._cache[text] = vector
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+                self._cache.put(text, vector)
         return out
 
     # -- the Stage contract -----------------------------------------------------------------------
-
-    def _proba(self, features: np.ndarray) -> np.ndarray:
-        z = features @ self.weights + self.bias
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        return np.asarray(z / z.sum(axis=1, keepdims=True))
 
     def _features(self, texts: Sequence[str], upstream: np.ndarray | None) -> np.ndarray:
         """The head's inputs for ``texts``: embeddings, then upstream log-probabilities (zeros
@@ -343,7 +333,7 @@ class OnnxEncoderStage(Stage):
     def predict_proba(self, texts: Sequence[str],
                       upstream: np.ndarray | None = None) -> np.ndarray:
         start = time.perf_counter()
-        out = self._proba(self._features(texts, upstream)) if len(texts) else np.empty(
+        out = self.head.proba(self._features(texts, upstream)) if len(texts) else np.empty(
             (0, len(self.labels)))
         self.predict_seconds += time.perf_counter() - start
         self.n_predicted += len(texts)
@@ -362,15 +352,7 @@ class OnnxEncoderStage(Stage):
         features = self._features(texts, upstream)
         # One AdaGrad step per example, in stream order: an online learner, not a batch fit.
         for x, target in zip(features, targets, strict=True):
-            residual = self._proba(x[None, :])[0]
-            residual[int(target)] -= 1.0
-            grad = np.outer(x, residual)
-            if self.l2:
-                grad += self.l2 * self.weights
-            self.grad_sq += grad * grad
-            self.weights -= self.learning_rate * grad / (np.sqrt(self.grad_sq) + 1e-8)
-            self.bias_grad_sq += residual * residual
-            self.bias -= self.learning_rate * residual / (np.sqrt(self.bias_grad_sq) + 1e-8)
+            self.head.learn_one(x, int(target))
         self.learn_seconds += time.perf_counter() - start
         self.n_learned += len(texts)
 
@@ -383,25 +365,18 @@ class OnnxEncoderStage(Stage):
 
     def state_bytes(self) -> bytes:
         # The embedding cache is not state: it is rebuilt from the texts on demand.
-        return pack_state(self._config(), {"weights": self.weights, "grad_sq": self.grad_sq,
-                                           "bias": self.bias, "bias_grad_sq": self.bias_grad_sq})
+        return pack_state(self._config(), self.head.arrays())
 
     def load_state(self, data: bytes) -> None:
         meta, arrays = unpack_state(data)
         for key, value in self._config().items():
             expect(meta, key, value)
-        k = len(self.labels)
+        if not all(np.isfinite(a).all() for a in arrays.values()):
+            raise ModelStateError("onnx stage state holds non-finite numbers")
         try:
-            weights = arrays["weights"].astype(np.float64).reshape(self.n_inputs, k)
-            grad_sq = arrays["grad_sq"].astype(np.float64).reshape(self.n_inputs, k)
-            bias = arrays["bias"].astype(np.float64).reshape(k)
-            bias_grad_sq = arrays["bias_grad_sq"].astype(np.float64).reshape(k)
+            self.head.load_arrays(arrays)
         except (KeyError, ValueError) as exc:
             raise ModelStateError(f"onnx stage state is malformed: {exc}") from None
-        if not all(np.isfinite(a).all() for a in (weights, grad_sq, bias, bias_grad_sq)):
-            raise ModelStateError("onnx stage state holds non-finite numbers")
-        self.weights, self.grad_sq = weights, grad_sq
-        self.bias, self.bias_grad_sq = bias, bias_grad_sq
 
     def __repr__(self) -> str:
         return (f"OnnxEncoderStage(name={self.name!r}, model={self.model!r}, "

@@ -1,12 +1,12 @@
-"""Stage factories by name: ``make_stage("river", task)``.
+"""Stage factories by name: ``make_stage("hashed", task)``.
 
 A factory is any callable ``factory(task, **options) -> Stage``. Add one with
-:func:`register_stage` (the ONNX stage registers ``"onnx"``); unknown names and options are
-configuration errors, raised before a stream starts.
+:func:`register_stage` (the stages here are ``"hashed"``, ``"onnx"`` and ``"river"``); unknown
+names and options are configuration errors, raised before a stream starts.
 
 >>> from streamcascade.models.tasks import TASKS
->>> make_stage("river", TASKS["imdb"], n_features=2**12).name
-'river'
+>>> make_stage("hashed", TASKS["imdb"], n_features=2**12).name
+'hashed'
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from streamcascade.errors import ConfigurationError
+from streamcascade.models.errors import ConfigurationError
 from streamcascade.models.stages.base import Stage
 from streamcascade.models.tasks import Task
 
@@ -44,13 +44,13 @@ def make_stage(name: str, task: Task, **options: Any) -> Stage:
         raise ConfigurationError(f"bad options for stage {name!r}: {exc}") from None
 
 
-def _make_river(task: Task, **options: Any) -> Stage:
-    from streamcascade.models.stages.river_text import RiverTextStage
+def _make_hashed(task: Task, **options: Any) -> Stage:
+    from streamcascade.models.stages.hashed_text import HashedTextStage
 
-    return RiverTextStage(task.labels, **options)
+    return HashedTextStage(task.labels, **options)
 
 
-register_stage("river", _make_river)
+register_stage("hashed", _make_hashed)
 
 
 def _make_onnx(task: Task, **options: Any) -> Stage:
@@ -60,3 +60,21 @@ def _make_onnx(task: Task, **options: Any) -> Stage:
 
 
 register_stage("onnx", _make_onnx)
+
+
+def _make_river(task: Task, **options: Any) -> Stage:
+    from streamcascade.models.stages.river_stage import RiverStage
+
+    return RiverStage(task.labels, **options)
+
+
+register_stage("river", _make_river)
+
+
+def _make_finetune(task: Task, **options: Any) -> Stage:
+    from streamcascade.models.stages.finetune import FineTunedStage
+
+    return FineTunedStage(task.labels, **options)
+
+
+register_stage("finetune", _make_finetune)

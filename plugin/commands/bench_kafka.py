@@ -51,8 +51,7 @@ from typing import Any
 import click
 
 from streamcascade.errors import StreamcascadeError
-from streamcascade.operators.batching import DEFAULT_BATCH_TIME_S
-from streamcascade.operators.learner_agent import DEFAULT_PUBLISH_INTERVAL_S
+from streamcascade.operators.options import DEFAULTS
 
 LLM = "gpt-3.5-turbo-1106"
 
@@ -74,12 +73,12 @@ def _warm_state(rows: list[Any], key: str, target_share: float) -> tuple[bytes, 
 
     task = TASKS["hatespeech"]
     cascade = build_cascade(task, RecordedLLM(DATA, LLM, task),
-                            CascadeConfig(stages=["river"], target_llm_share=target_share))
+                            CascadeConfig(stages=["hashed"], target_llm_share=target_share))
     for start in range(0, len(rows), 500):
         chunk = rows[start:start + 500]
         cascade.learn([Demonstration(Event(r.id, r.text), task.labels.index(r.label),
                                      SOURCE_GROUND_TRUTH) for r in chunk])
-    meta = {"task": task.name, "stages": ["river"]}
+    meta = {"task": task.name, "stages": ["hashed"]}
     return StateSigner(key).sign(cascade.version, cascade.state_bytes(), meta), cascade.version
 
 
@@ -89,17 +88,19 @@ class _Deployment:
     def __init__(self, bootstrap: str, name: str, key: str, out_dir: Path,
                  pass_through: bool, state: bytes | None, batch_time: float,
                  operator_flags: Sequence[str] = ()) -> None:
-        from streamcascade.kafka_launcher import find_free_port
+        from streamcascade.benchkit.stream_io import make_producer
+        from streamcascade.kafka import find_free_port
         from streamcascade.operators.state_store import STATE_KEY
-        from streamcascade.operators.stream_io import make_producer
-        from streamcascade.operators.topics import TopicPlan, ensure_topics
+        from streamcascade.operators.topics import OperatorTopics, ensure_topics
 
         run = f"bench-{name}-{secrets.token_hex(4)}"
         self.bootstrap = bootstrap
         self.topics = {"input": f"{run}-events", "output": f"{run}-predictions",
                        "feedback": f"{run}-feedback", "dlq": f"{run}-dead-letters",
                        "state-topic": f"{run}-model-state"}
-        ensure_topics(bootstrap, TopicPlan(*self.topics.values(), partitions=1))
+        t = self.topics
+        ensure_topics(bootstrap, OperatorTopics(t["input"], t["output"], t["feedback"], t["dlq"],
+                                                t["state-topic"]))
         if state is not None:
             producer = make_producer(bootstrap)
             producer.produce(self.topics["state-topic"], key=STATE_KEY, value=state)
@@ -114,8 +115,8 @@ class _Deployment:
         self.worker: Any = None
 
     def start(self) -> None:
+        from streamcascade.benchkit.stream_io import start_worker, worker_command
         from streamcascade.demo import DATA
-        from streamcascade.operators.stream_io import start_worker, worker_command
 
         topics = dict(self.topics)
         extra = ["--batch-size", "200", "--batch-time", str(self.batch_time),
@@ -130,7 +131,7 @@ class _Deployment:
         self.worker = start_worker(argv, {"STREAMCASCADE_STATE_SIGNING_KEY": self.key}, self.log)
 
     def stop(self) -> None:
-        from streamcascade.operators.stream_io import stop_worker
+        from streamcascade.benchkit.stream_io import stop_worker
 
         if self.worker is not None:
             stop_worker(self.worker)
@@ -164,8 +165,8 @@ def _loop_lag_summary(before: dict[float, float], after: dict[float, float]) -> 
 
 def _produce(bootstrap: str, topic: str, rows: list[Any], rate: float | None) -> dict[str, int]:
     """Produce events (paced at ``rate``/s when given); returns each id's create time (ms)."""
+    from streamcascade.benchkit.stream_io import make_producer
     from streamcascade.operators.codec import RecordCodec
-    from streamcascade.operators.stream_io import make_producer
 
     codec = RecordCodec()
     producer = make_producer(bootstrap, **{"linger.ms": 1 if rate else 20})
@@ -189,8 +190,8 @@ def _collect(
     dep: _Deployment, ids: set[str], timeout: float
 ) -> dict[str, tuple[dict[str, Any], int]]:
     """Each id's output and its timestamp (ms), until all arrived or ``timeout``."""
+    from streamcascade.benchkit.stream_io import TopicReader
     from streamcascade.errors import StreamcascadeError as Error
-    from streamcascade.operators.stream_io import TopicReader
 
     reader = TopicReader(dep.bootstrap, [dep.topics["output"], dep.topics["dlq"]])
     got: dict[str, tuple[dict[str, Any], int]] = {}
@@ -233,7 +234,7 @@ def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str, sett
     share of the time its threads were ready to run but waited for a core, tell the cost of the
     code from the business of the machine.
     """
-    from streamcascade.operators.stream_io import process_times
+    from streamcascade.benchkit.stream_io import process_times
 
     # Wait until the worker answers, so that start-up is not counted as latency.
     _produce(dep.bootstrap, dep.topics["input"], rows[:1], None)
@@ -263,14 +264,14 @@ def _latency_run(dep: _Deployment, rows: list[Any], rate: float, mode: str, sett
         cpu, waited = after.cpu_s - before.cpu_s, after.runqueue_s - before.runqueue_s
         figures[f"{mode}_cpu_ms_per_event"] = cpu * 1e3 / max(len(sent), 1)
         figures[f"{mode}_cpu_wait_share"] = waited / (cpu + waited) if cpu + waited else 0.0
-    stage1 = [total[i] for i, (v, _) in got.items() if i in total and v["stage"] == "river"]
+    stage1 = [total[i] for i, (v, _) in got.items() if i in total and v["stage"] == "hashed"]
     return figures, stage1
 
 
 def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, seconds: float,
               target_share: float, out_dir: Path,
-              batch_time: float = DEFAULT_BATCH_TIME_S, settle: float = 0.5,
-              publish_interval: float = DEFAULT_PUBLISH_INTERVAL_S,
+              batch_time: float = DEFAULTS.batch_time_s, settle: float = 0.5,
+              publish_interval: float = DEFAULTS.publish_interval_s,
               repeats: int = 3) -> dict[str, Any]:
     from streamcascade.demo import DATA
     from streamcascade.models.datasets import read_stream
@@ -290,7 +291,7 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
                               "machine": platform.platform()}
     with ExitStack() as stack:
         if bootstrap is None:
-            from streamcascade.kafka_launcher import LocalKafka
+            from streamcascade.kafka import LocalKafka
 
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sc-bench-kafka-"))
             broker = LocalKafka(Path(tmp) / "broker", tied_to_parent=True)
@@ -320,7 +321,7 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
                 pair[mode] = _throughput(got)
                 if mode == "operator":
                     outputs += len(got)
-                    stage1_outputs += sum(v["stage"] == "river" for v, _ in got.values())
+                    stage1_outputs += sum(v["stage"] == "hashed" for v, _ in got.values())
             pair["ratio"] = pair["operator"] / pair["passthrough"]
             pairs.append(pair)
         result["throughput_pairs"] = pairs
@@ -374,9 +375,9 @@ def run_bench(bootstrap: str | None, events: int, warm: int, rate: float, second
 @click.option("--settle", type=float, default=0.5, show_default=True,
               help="Seconds of the latency stream, before the counted ones, that are not counted.")
 @click.option("--target-llm-share", type=float, default=0.1, show_default=True)
-@click.option("--batch-time", type=float, default=DEFAULT_BATCH_TIME_S, show_default=True,
+@click.option("--batch-time", type=float, default=DEFAULTS.batch_time_s, show_default=True,
               help="Micro-batch wait of both workers (the operator's default).")
-@click.option("--publish-interval", type=float, default=DEFAULT_PUBLISH_INTERVAL_S,
+@click.option("--publish-interval", type=float, default=DEFAULTS.publish_interval_s,
               show_default=True, help="The operator's least seconds between model states.")
 def command(json_out: str, bootstrap: str | None, events: int, repeats: int, warm: int,
             rate: float, seconds: float, settle: float, target_llm_share: float,

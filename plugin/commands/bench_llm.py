@@ -154,6 +154,7 @@ async def _bench(
             cache_size=0,
             timeout=120.0,
             retries=0,
+            hedge=False,  # the bare loop sends each request once: so does the client here
             api_key=key,
         )
         client_lat: list[float] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from streamcascade.errors import KafkaLauncherError
-from streamcascade.kafka_launcher import (
+from streamcascade.kafka import (
     LocalKafka,
     check_cluster,
     read_state,

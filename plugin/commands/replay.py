@@ -17,7 +17,13 @@ import click
 from streamcascade.errors import ConfigurationError, StreamcascadeError
 from streamcascade.models import replay as rp
 from streamcascade.models.baseline import build_baseline
-from streamcascade.models.cascade import Cascade, CascadeConfig, build_cascade
+from streamcascade.models.cascade import (
+    DEFAULT_LLM_FAILURE,
+    LLM_FAILURE_MODES,
+    Cascade,
+    CascadeConfig,
+    build_cascade,
+)
 from streamcascade.models.datasets import read_stream, stream_task_name
 from streamcascade.models.headroom import headroom as headroom_of
 from streamcascade.models.llm.base import LLMBackend
@@ -61,7 +67,7 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
 @click.option("--task", "task_name", default="auto", show_default=True,
               help="imdb, hatespeech, isear, or auto (from the file name; else a generic task).")
 @click.option("--labels", help="Comma-separated labels of a generic task (default: the file's).")
-@click.option("--stages", default="river", show_default=True, help="Comma-separated stage names.")
+@click.option("--stages", default="hashed", show_default=True, help="Comma-separated stage names.")
 @click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE.KEY=VALUE",
               help="An option of one stage, e.g. onnx.stack=false (repeatable).")
 @click.option("--mu", type=float, help="The paper's raw cost coefficient.")
@@ -96,6 +102,21 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
               help="Also score a deferral policy after the first stage that knows, in hindsight, "
                    "where the stage disagrees with the LLM: how far the stage can take the "
                    "cascade (recorded LLM answers only).")
+@click.option("--on-llm-failure", type=click.Choice(LLM_FAILURE_MODES),
+              default=DEFAULT_LLM_FAILURE, show_default=True,
+              help="An event the LLM cannot answer: answered by the best earlier stage and marked "
+                   "degraded, left unanswered (a dead letter in the operator), or asked again "
+                   "until the LLM answers.")
+@click.option("--in-flight", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Micro-batches answered at once (a live LLM's latency then overlaps).")
+@click.option("--llm-concurrency", type=click.IntRange(min=1),
+              help="Events the live LLM client asks at once.")
+@click.option("--llm-timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds one request to the live LLM may take.")
+@click.option("--llm-deadline", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds an event may spend asking the live LLM, retries included.")
+@click.option("--warm-start", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Start every cascade of the run from this state (`streamcascade train --out`).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG of the quality-cost curves (with --sweep).")
@@ -106,7 +127,9 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
            truth_share: float, audit_rate: float | None, stage_costs: tuple[str, ...],
            warmup: int | None, batch_size: int, baseline_threshold: float, seed: int,
            shuffle: bool, limit: int | None, headroom: bool, json_out: Path,
-           plot_out: Path | None) -> None:
+           plot_out: Path | None, on_llm_failure: str, in_flight: int,
+           llm_concurrency: int | None, llm_timeout: float | None,
+           llm_deadline: float | None, warm_start: Path | None = None) -> None:
     """Replay a labelled stream through the cascade and its static baseline; write JSON."""
     from streamcascade.commands.worker import parse_stage_options
 
@@ -122,7 +145,11 @@ def replay(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: 
                       target_llm_share, max_quality_loss, grid, feedback, truth_share,
                       audit_rate, warmup, batch_size, baseline_threshold, seed, shuffle, limit,
                       plot_out, headroom, _prices(stage_costs),
-                      parse_stage_options(stage_option))
+                      parse_stage_options(stage_option), on_llm_failure=on_llm_failure,
+                      in_flight=in_flight, llm_options={"concurrency": llm_concurrency,
+                                                        "timeout": llm_timeout,
+                                                        "deadline": llm_deadline},
+                      warm_start=warm_start.read_bytes() if warm_start else None)
     except StreamcascadeError as exc:
         raise click.ClickException(str(exc)) from None
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +176,10 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
          truth_share: float, audit_rate: float | None, warmup: int | None, batch_size: int,
          baseline_threshold: float, seed: int, shuffle: bool, limit: int | None,
          plot_out: Path | None, headroom: bool = False, prices: dict[str, float] | None = None,
-         stage_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+         stage_options: dict[str, dict[str, Any]] | None = None, *,
+         on_llm_failure: str = DEFAULT_LLM_FAILURE, in_flight: int = 1,
+         llm_options: dict[str, Any] | None = None,
+         warm_start: bytes | None = None) -> dict[str, Any]:
     if batch_size < 1:
         raise ConfigurationError("--batch-size must be at least 1")
     rows = read_stream(dataset)
@@ -159,36 +189,38 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
     if not rows:
         raise ConfigurationError(f"{dataset} holds no events")
     task = _task(task_name, dataset, labels, rows)
-    llm = _llm(task, dataset, llm_name, llm_url, llm_model)
+    llm = _llm(task, dataset, llm_name, llm_url, llm_model, **(llm_options or {}))
     truth = rp.truth_of(rows, task)
     alone = rp.llm_alone(rows, llm)
     if headroom and alone is None:
         raise ConfigurationError("--headroom needs the LLM's answer to every event: use recorded "
                                  "answers (--llm NAME), not a live server")
     common: dict[str, Any] = {"audit_rate": audit_rate, "warmup": warmup,
-                              "stage_costs": prices or None}
+                              "stage_costs": prices or None, "on_llm_failure": on_llm_failure}
     config = _config(stages, seed, mu=mu, target_llm_share=target_llm_share,
                      max_quality_loss=max_quality_loss, **common)
 
     options = stage_options or {}
 
     def learned(point: dict[str, Any]) -> Cascade:
-        return build_cascade(task, llm, _config(stages, seed, **point, **common), **options)
+        return _warm(build_cascade(task, llm, _config(stages, seed, **point, **common), **options),
+                     warm_start)
 
     def baseline(point: dict[str, Any]) -> Cascade:
-        return build_baseline(task, llm, _config(stages, seed, **common), point["threshold"],
-                              **options)
+        return _warm(build_baseline(task, llm, _config(stages, seed, **common),
+                                    point["threshold"], **options), warm_start)
 
-    main = _one(rows, task, build_cascade(task, llm, config, **options), feedback, truth_share,
-                batch_size, "cascade")
+    main = _one(rows, task, _warm(build_cascade(task, llm, config, **options), warm_start),
+                feedback, truth_share, batch_size, "cascade", in_flight)
     rp.add_llm_alone(main, task, alone, truth)
     base = _one(rows, task, baseline({"threshold": baseline_threshold}), feedback, truth_share,
-                batch_size, f"baseline@{baseline_threshold}")
+                batch_size, f"baseline@{baseline_threshold}", in_flight)
     rp.add_llm_alone(base, task, alone, truth)
     result: dict[str, Any] = {
         "dataset": str(dataset), "task": task.name, "llm": llm.name, "feedback": feedback,
         "truth_share": truth_share if feedback != "llm" else None,
         "seed": seed, "shuffle": shuffle, "limit": limit, "batch_size": batch_size,
+        "in_flight": in_flight,
         "stage_options": options,
         "operating_point": dict(zip(("mode", "value"), config.operating_point(), strict=True)),
         **_clean(main), "config": config.to_dict(),
@@ -207,7 +239,7 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
                 ("baseline", baseline, [
                     {"threshold": round(1 / k + (1 - 1 / k) * q, 4)} for q in confidence])):
             runs = rp.sweep(rows, task, make, points, feedback=feedback, truth_share=truth_share,
-                            batch_size=batch_size, label=name)
+                            batch_size=batch_size, in_flight=in_flight, label=name)
             curves.append([_clean(rp.add_llm_alone(r, task, alone, truth)) for r in runs])
         learned_curve = [*curves[0], _clean(main) | {"point": {"default": True}}]
         result["sweep"] = {"learned": learned_curve, "baseline": curves[1],
@@ -255,15 +287,24 @@ def _config(stages: str, seed: int, **overrides: Any) -> CascadeConfig:
 
 
 def _llm(task: Task, dataset: Path, llm_name: str | None, llm_url: str | None,
-         llm_model: str | None) -> LLMBackend:
+         llm_model: str | None, concurrency: int | None = None, timeout: float | None = None,
+         deadline: float | None = None) -> LLMBackend:
     from streamcascade.settings import Settings
 
     key = Settings().llm_api_key
     return make_llm(task, recorded=llm_name, records_path=dataset, url=llm_url, model=llm_model,
-                    api_key=key.get_secret_value() if key else None)
+                    api_key=key.get_secret_value() if key else None, concurrency=concurrency,
+                    timeout=timeout, deadline=deadline)
 
 
 def _one(rows: list[Any], task: Task, cascade: Cascade, feedback: str, truth_share: float,
-         batch_size: int, desc: str) -> dict[str, Any]:
+         batch_size: int, desc: str, in_flight: int = 1) -> dict[str, Any]:
     return rp.replay(rows, task, cascade, feedback=feedback, truth_share=truth_share,
-                     batch_size=batch_size, progress=desc)
+                     batch_size=batch_size, in_flight=in_flight, progress=desc)
+
+
+def _warm(cascade: Cascade, state: bytes | None) -> Cascade:
+    """``cascade`` loaded with ``state`` (a trained cascade's), when one is given."""
+    if state is not None:
+        cascade.load_state(state)
+    return cascade

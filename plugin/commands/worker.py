@@ -13,22 +13,32 @@ from __future__ import annotations
 import logging
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
 
 from streamcascade.errors import ConfigurationError, StreamcascadeError
+from streamcascade.models.llm.base import LLM_FAILURE_MODES
 from streamcascade.settings import Settings
 
+if TYPE_CHECKING:
+    from streamcascade.models.cascade import Cascade
+
 log = logging.getLogger(__name__)
+
+#: ``--loglevel``'s choices as :mod:`logging` levels.
+_LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
+               "info": logging.INFO, "debug": logging.DEBUG}
 
 #: Worker flags that are Settings fields (flag value None: take the setting).
 _SETTING_FLAGS = (
     "bootstrap", "app_id", "input_topic", "output_topic", "feedback_topic", "dlq_topic",
     "state_topic", "id_field", "text_field", "batch_size", "batch_time_s", "max_payload_bytes",
     "decision_ttl_s", "learn_batch_size", "learn_batch_time_s", "publish_interval_s",
-    "metrics_port", "fetch_max_wait_ms", "freeze_heap",
+    "metrics_port", "fetch_max_wait_ms", "freeze_heap", "create_topics", "wait_for_input",
+    "summary_interval_s", "llm_concurrency", "llm_timeout_s", "llm_deadline_s", "llm_hedge",
+    "on_llm_failure",
 )  # fmt: skip
 
 
@@ -76,7 +86,7 @@ def build_cascade_from_flags(
     settings: Settings,
     overrides: dict[str, Any] | None = None,
     stage_options: dict[str, dict[str, Any]] | None = None,
-) -> Any:
+) -> Cascade:
     """The cascade a worker serves, from its flags (``None``: not given, so ``overrides``, the
     config file's ``[cascade]`` table, or the defaults decide)."""
     from streamcascade.models.cascade import CascadeConfig, build_cascade
@@ -96,8 +106,14 @@ def build_cascade_from_flags(
         raise ConfigurationError("name the task: --task imdb|hatespeech|isear, or --labels a,b")
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
     backend = make_llm(task, recorded=llm, records_path=Path(llm_records) if llm_records else None,
-                       url=llm_url, model=llm_model, api_key=api_key)
+                       url=llm_url, model=llm_model, api_key=api_key,
+                       concurrency=settings.llm_concurrency, timeout=settings.llm_timeout_s,
+                       deadline=settings.llm_deadline_s, hedge=settings.llm_hedge)
     values: dict[str, Any] = dict(overrides or {})
+    if "on_llm_failure" in values:  # one place for it, where flags and the environment reach
+        raise ConfigurationError("set on_llm_failure under [worker] or with --on-llm-failure, "
+                                 "not under [cascade]")
+    values["on_llm_failure"] = settings.on_llm_failure
     if stages is not None:
         values["stages"] = [s.strip() for s in stages.split(",") if s.strip()]
     if seed is not None:
@@ -114,7 +130,7 @@ def build_cascade_from_flags(
 
 
 def parse_stage_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``("onnx.variant=int8", "river.n_features=65536")`` as ``{stage: {option: value}}``;
+    """``("onnx.variant=int8", "hashed.n_features=65536")`` as ``{stage: {option: value}}``;
     values are read as JSON when they parse (numbers, booleans), else kept as strings."""
     import json
 
@@ -164,14 +180,12 @@ def make_app(settings: Settings, bootstrap: str) -> Any:
               help="Dead-letter topic (default: dead-letters; if set empty, "
                    "<input>-dead-letters).")
 @click.option("--state-topic", "state_topic", help="Compacted model-state topic.")
-@click.option("--partitions", type=int, default=1, show_default=True,
-              help="Partitions of the input (and feedback) topic when they must be created.")
 @click.option("--id-field", "id_field", help="Field of the event id in input records.")
 @click.option("--text-field", "text_field", help="Field of the text in input records.")
 @click.option("--task", "task_name", help="A built-in task: imdb, hatespeech or isear.")
 @click.option("--labels", help="A custom task's labels, comma-separated.")
-@click.option("--stages", help="Stages before the LLM, cheapest first (river, onnx); "
-                               "default: river.")
+@click.option("--stages", help="Stages before the LLM, cheapest first (hashed, onnx); "
+                               "default: hashed.")
 @click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE.KEY=VALUE",
               help="An option of one stage, e.g. onnx.variant=int8 (repeatable).")
 @click.option("--mu", type=float, help="Operating point: the paper's raw cost coefficient.")
@@ -184,6 +198,21 @@ def make_app(settings: Settings, bootstrap: str) -> Any:
               help="Stream file with the recorded answers.")
 @click.option("--llm-url", help="Live OpenAI-compatible LLM server.")
 @click.option("--llm-model", help="Model name on the live server.")
+@click.option("--llm-concurrency", "llm_concurrency", type=int,
+              help="Events the live LLM client asks at once (default 8).")
+@click.option("--llm-timeout", "llm_timeout_s", type=float,
+              help="Seconds one request to the live LLM may take (default 10).")
+@click.option("--llm-deadline", "llm_deadline_s", type=float,
+              help="Seconds an event may spend asking the live LLM, retries included "
+                   "(default: three request timeouts).")
+@click.option("--llm-hedge/--no-llm-hedge", "llm_hedge", default=None,
+              help="Send a request slower than the LLM's recent p95 again; the first answer "
+                   "wins (default on).")
+@click.option("--on-llm-failure", "on_llm_failure",
+              type=click.Choice(LLM_FAILURE_MODES),
+              help="An event the LLM cannot answer: answered by the best earlier stage and "
+                   "marked degraded, a dead letter (the default), or asked again until the LLM "
+                   "answers (the partition waits).")
 @click.option("--batch-size", "batch_size", type=int, help="Events per micro-batch (max).")
 @click.option("--batch-time", "batch_time_s", type=float, help="Seconds a micro-batch waits.")
 @click.option("--max-payload-bytes", "max_payload_bytes", type=int)
@@ -198,11 +227,16 @@ def make_app(settings: Settings, bootstrap: str) -> Any:
               help="Longest wait (ms) of a consumer fetch at the broker (default 10).")
 @click.option("--freeze-heap/--no-freeze-heap", "freeze_heap", default=None,
               help="Exempt start-up objects from the garbage collector once ready (default on).")
+@click.option("--create-topics/--no-create-topics", "create_topics", default=None,
+              help="Create the missing topics the operator owns at start (default on).")
+@click.option("--wait-for-input/--no-wait-for-input", "wait_for_input", default=None,
+              help="Wait at start for a missing input topic rather than stop (default off).")
+@click.option("--summary-interval", "summary_interval_s", type=float,
+              help="Seconds between one-line summaries of the work in the log (0: none).")
 @click.option("--pass-through", is_flag=True, help="Run the benchmark's pass-through agent.")
 @click.option("--loglevel", default="warn", show_default=True,
-              type=click.Choice(["crit", "error", "warn", "info", "debug"]))
+              type=click.Choice(list(_LOG_LEVELS)))
 def worker(
-    partitions: int,
     task_name: str | None,
     labels: str | None,
     stages: str | None,
@@ -223,13 +257,18 @@ def worker(
     """Run the cascade operator on a topic until stopped (SIGTERM or Ctrl-C).
 
     Start several with the same --app-id to share the input's partitions; they serve one model
-    state. The state signing key comes from $STREAMCASCADE_STATE_SIGNING_KEY.
+    state. The state signing key comes from $STREAMCASCADE_STATE_SIGNING_KEY. At start the
+    topics are checked, and those the operator owns created, as by ``attach``. The operator's own
+    lines (the partitions it answers, a periodic summary) are logged at INFO under any
+    --loglevel but error and crit.
     """
+    import dataclasses
+
     import faust
 
-    from streamcascade.attach import attach, codec_from, dead_letter_topic, options_from
-    from streamcascade.operators.passthrough import install_passthrough
-    from streamcascade.operators.topics import TopicPlan, ensure_topics
+    from streamcascade.attach import install_operator
+    from streamcascade.benchkit.passthrough import install_passthrough
+    from streamcascade.operators.topics import prepare_topics
 
     ctx = click.get_current_context()
     try:
@@ -240,11 +279,13 @@ def worker(
                                      "STREAMCASCADE_BOOTSTRAP (or run `streamcascade kafka up`)")
         # Everything that can be refused is checked before a topic is created on the cluster.
         app = make_app(settings, bootstrap)
-        dlq_topic = dead_letter_topic(settings, settings.input_topic)
-        if pass_through:
-            install_passthrough(app, settings.input_topic, settings.output_topic,
-                                codec_from(settings), options_from(settings),
-                                settings.metrics_port)
+        topics = settings.operator_topics()
+        if pass_through:  # input and output only
+            topics = dataclasses.replace(topics, feedback=None, dlq=None, state=None)
+            install_passthrough(app, topics.source, topics.sink, settings.record_codec(),
+                                settings.operator_options(), settings.metrics_port)
+            # (The operator checks its topics as it starts; this agent has no start-up.)
+            prepare_topics(bootstrap, topics, create=settings.create_topics)
         else:
             cascade = build_cascade_from_flags(
                 task_name, labels, stages,
@@ -252,23 +293,31 @@ def worker(
                  "max_quality_loss": max_quality_loss},
                 seed, warmup, llm, llm_records, llm_url, llm_model, settings,
                 ctx.meta.get("cascade_overrides"), parse_stage_options(stage_option))
-            attach(app, cascade, source=settings.input_topic, sink=settings.output_topic,
-                   feedback=settings.feedback_topic, dlq=dlq_topic,
-                   state_topic=settings.state_topic, settings=settings)
-        ensure_topics(bootstrap, TopicPlan(
-            settings.input_topic, settings.output_topic,
-            None if pass_through else settings.feedback_topic,
-            None if pass_through else dlq_topic,
-            None if pass_through else settings.state_topic,
-            partitions=partitions, state_max_bytes=settings.state_max_bytes))
+            install_operator(app, cascade, topics, settings)
     except (StreamcascadeError, ValidationError, OSError) as exc:  # OSError: a port in use
         raise click.ClickException(str(exc)) from None
-    runner = faust.Worker(app, loglevel=loglevel, quiet=True)
+    runner = faust.Worker(app, loglevel=loglevel, quiet=True,
+                          logging_config=operator_logging(loglevel))
     # Faust's terminal spinner sets the root logger to DEBUG (to spin on every record) whenever
     # the level is WARN or above: every aiokafka request and send then builds a log record that
     # nobody prints, a measured 5% of the event loop at 1,000 events/s. No spinner, no DEBUG.
     runner.spinner = None
     runner.execute_from_commandline()
+
+
+def operator_logging(loglevel: str) -> dict[str, Any]:
+    """The worker's logging configuration beyond Faust's: the operator's own lines (the
+    partitions it answers, its summaries) at INFO under ``--loglevel warn`` too, so that a
+    person sees it work without Faust's and aiokafka's INFO chatter. Merged into Faust's."""
+    level = _LOG_LEVELS[loglevel]
+    ours = logging.INFO if level == logging.WARNING else level
+    return {
+        "merge": True,
+        "handlers": {"streamcascade": {"class": "logging.StreamHandler", "formatter": "default",
+                                       "level": ours}},
+        "loggers": {"streamcascade": {"level": ours, "handlers": ["streamcascade"],
+                                      "propagate": False}},
+    }
 
 
 @click.command()
@@ -290,8 +339,8 @@ def worker(
 @click.option("--max-quality-loss", type=float,
               help="Operating point: largest expected loss of the task's metric against the LLM "
               "alone (default 0.02, an upper bound; see the README).")
-@click.option("--stages", default="river", show_default=True,
-              help="Stages before the LLM, e.g. river,onnx (onnx needs `streamcascade onnx "
+@click.option("--stages", default="hashed", show_default=True,
+              help="Stages before the LLM, e.g. hashed,onnx (onnx needs `streamcascade onnx "
               "export` first).")
 def demo(**options: Any) -> None:
     """The main job: HateSpeech through the operator on a local broker, then a report and a plot."""

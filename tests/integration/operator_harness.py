@@ -20,11 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamcascade.kafka_launcher import find_free_port
-from streamcascade.models.datasets import StreamRow, read_stream
-from streamcascade.operators.codec import RecordCodec
-from streamcascade.operators.state_store import StateSigner
-from streamcascade.operators.stream_io import (
+from streamcascade.benchkit.stream_io import (
     Received,
     TopicReader,
     make_producer,
@@ -32,6 +28,11 @@ from streamcascade.operators.stream_io import (
     stop_worker,
     worker_command,
 )
+from streamcascade.kafka import find_free_port
+from streamcascade.models.datasets import StreamRow, read_stream
+from streamcascade.operators.codec import RecordCodec
+from streamcascade.operators.options import STATE_MAX_BYTES
+from streamcascade.operators.state_store import StateSigner
 
 DATA = Path(__file__).resolve().parents[2] / "plugin" / "data" / "hatespeech.jsonl.gz"
 LLM = "gpt-3.5-turbo-1106"
@@ -65,7 +66,7 @@ class OperatorRun:
             "feedback": self.new_topic(p, prefix="feedback"),
             "dlq": self.new_topic(1, prefix="dead-letters"),
             "state-topic": self.new_topic(1, prefix="model-state", **{
-                "cleanup.policy": "compact", "max.message.bytes": str(64 * 1024 * 1024)}),
+                "cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX_BYTES)}),
         }
         self.producer = make_producer(self.bootstrap)
         self.reader = TopicReader(self.bootstrap, [self.topics["output"], self.topics["dlq"]])

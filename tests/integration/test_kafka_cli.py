@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,12 +15,8 @@ from pathlib import Path
 import pytest
 
 from streamcascade.errors import KafkaLauncherError
-from streamcascade.kafka_launcher import (
-    STATE_FILE,
-    LocalKafka,
-    check_cluster,
-    running_broker,
-)
+from streamcascade.kafka import LocalKafka, check_cluster, find_free_port, running_broker
+from streamcascade.kafka.process import STATE_FILE
 
 
 def _cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -70,6 +67,41 @@ def test_cli_up_status_down_beside_the_session_broker(kafka_bootstrap: str, tmp_
     assert check_cluster(kafka_bootstrap) >= 1  # the other broker is untouched
     status = _cli("status", "--data-dir", str(folder))
     assert status.returncode == 1 and "not running" in status.stdout
+
+
+def _time_wait_on(port: int) -> bool:
+    """Whether a TCP connection whose local port is ``port`` lingers in TIME-WAIT (state 06)."""
+    # The JVM listens on an IPv6 socket (127.0.0.1 mapped), so its connections are in tcp6.
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "06":
+                return True
+    return False
+
+
+def test_up_again_on_the_same_port_right_after_down(tmp_path: Path) -> None:
+    folder = tmp_path / "same-port"
+    port = find_free_port()
+    try:
+        first = _cli("up", "--data-dir", str(folder), "--port", str(port))
+        assert first.returncode == 0, first.stderr
+        # A client still connected when the broker stops (a worker, say) leaves the broker's
+        # end of the connection in TIME-WAIT on the port, for a minute.
+        with socket.create_connection(("127.0.0.1", port)):
+            down = _cli("down", "--data-dir", str(folder))
+            assert down.returncode == 0, down.stderr
+        deadline = time.monotonic() + 5.0
+        while not _time_wait_on(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _time_wait_on(port), "the fault this test is about did not happen"
+
+        again = _cli("up", "--data-dir", str(folder), "--port", str(port))
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == f"127.0.0.1:{port}"
+        assert check_cluster(again.stdout.strip()) == 1
+    finally:
+        _cli("down", "--data-dir", str(folder))
 
 
 def test_up_with_bootstrap_only_checks_the_cluster(kafka_bootstrap: str) -> None:

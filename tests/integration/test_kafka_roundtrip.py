@@ -18,7 +18,7 @@ import faust
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streamcascade.kafka_launcher import check_cluster
+from streamcascade.kafka import check_cluster
 
 NewTopic = Callable[..., str]
 

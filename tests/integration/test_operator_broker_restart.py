@@ -9,7 +9,7 @@ from pathlib import Path
 
 from operator_harness import OperatorRun, rows
 
-from streamcascade.kafka_launcher import LocalKafka
+from streamcascade.kafka import LocalKafka
 
 
 def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:

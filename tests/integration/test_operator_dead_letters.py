@@ -91,7 +91,7 @@ def test_the_dead_letter_topic_takes_dead_letters_of_large_records(
 
     from streamcascade.operators import dead_letters as dl
     from streamcascade.operators.topics import (
-        TopicPlan,
+        OperatorTopics,
         ensure_dead_letter_topic,
         ensure_topics,
         topic_max_bytes,
@@ -99,7 +99,7 @@ def test_the_dead_letter_topic_takes_dead_letters_of_large_records(
 
     name, attached = f"dlq-{uuid.uuid4().hex[:8]}", f"dlq-attach-{uuid.uuid4().hex[:8]}"
     try:
-        ensure_topics(kafka_bootstrap, TopicPlan(new_topic(1), new_topic(1), dlq=name))
+        ensure_topics(kafka_bootstrap, OperatorTopics(new_topic(1), new_topic(1), dlq=name))
         assert topic_max_bytes(kafka_bootstrap, name) == dl.MAX_BYTES
         # What attach() does at start for a dead-letter topic nobody made.
         assert topic_max_bytes(kafka_bootstrap, attached) is None

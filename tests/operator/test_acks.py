@@ -92,8 +92,8 @@ def test_a_group_that_counts_its_generations_again_is_not_all_stale() -> None:
 async def test_a_batch_written_first_waits_for_the_batch_read_before_it() -> None:
     import asyncio
 
-    from streamcascade.operators.install import PipelinedWriter
     from streamcascade.operators.operator import Outgoing
+    from streamcascade.operators.writer import PipelinedWriter
 
     loop = asyncio.get_running_loop()
     acked: list[int] = []
@@ -126,7 +126,7 @@ async def test_a_batch_written_first_waits_for_the_batch_read_before_it() -> Non
 async def test_an_agent_error_stops_the_worker_rather_than_restart_the_agent() -> None:
     """A restarted agent would track its stream afresh, and the failed run's held records would
     never be acked: the worker stops instead, and a new one reads them again."""
-    from streamcascade.operators.install import run_or_crash
+    from streamcascade.operators.faust_io import run_or_crash
 
     crashed: list[BaseException] = []
 

@@ -82,7 +82,7 @@ class FaultServer:
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
                 try:
-                    keep = await self._act(action, headers, body, writer)
+                    keep = await self._act(action, headers, body, reader, writer)
                 finally:
                     self.in_flight -= 1
                 if not keep:
@@ -97,11 +97,18 @@ class FaultServer:
         action: str,
         headers: dict[str, str],
         body: dict[str, object],
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
         kind, _, arg = action.partition(":")
         if kind == "slow":
-            await asyncio.sleep(float(arg))
+            # A client that gives up closes the connection: stop waiting then, as a server would.
+            try:
+                gone = await asyncio.wait_for(reader.read(1), float(arg))
+            except TimeoutError:
+                gone = None
+            if gone is not None:
+                return False
             kind, arg = "ok", ""
         if kind == "reject-constraint":
             if "grammar" in body or "response_format" in body:
@@ -432,3 +439,183 @@ async def test_the_key_never_reaches_an_error_a_log_or_a_repr(
     text = "\n".join([*errors, caplog.text, repr(llm), str(llm.stats)])
     assert SECRET not in text
     assert any(s.headers["authorization"].endswith(SECRET) for s in server.seen)
+
+
+# -- request timeout, deadline, hedging, health ------------------------------------------------
+
+
+async def warm(llm: OpenAIChatLLM, n: int = 24) -> None:
+    """Enough fast answers for the client to know the endpoint's latency."""
+    await llm.answer(events(n, "warm"))
+
+
+def test_the_defaults_cut_a_hung_request_long_before_the_event_deadline() -> None:
+    llm = OpenAIChatLLM("http://127.0.0.1:9", "m", IMDB)
+    assert llm.timeout <= 10.0  # a label is a few tokens: a request silent for longer is stuck
+    assert llm.deadline >= 2 * llm.timeout  # room for a retry after a cut request
+    assert llm.hedge
+
+
+async def test_a_hung_request_is_hedged_after_the_observed_p95(server: FaultServer) -> None:
+    llm = make(server, timeout=5.0, cost=10.0)
+    async with llm:
+        await warm(llm)
+        server.script = ["slow:30"]  # this event's first request hangs; its hedge is answered
+        started = time.monotonic()
+        (answer,) = await llm.answer(events(1, "hung"))
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.1)
+        assert server.in_flight == 0  # the hung request was cancelled once the hedge answered
+    assert answer.label == 1 and elapsed < 1.0
+    assert (llm.stats.hedges, llm.stats.hedge_wins, llm.stats.timeouts) == (1, 1, 0)
+    assert llm.stats.requests == 24 + 2  # both requests counted...
+    assert answer.cost == 2 * 10.0 and answer.calls == 2  # ...and charged
+    assert llm.stats.prompt_tokens == (24 + 2) * 100
+
+
+async def test_no_hedge_before_the_latency_is_known_or_for_a_quick_answer(
+    server: FaultServer,
+) -> None:
+    server.script = ["slow:0.3"]
+    llm = make(server, timeout=5.0)
+    async with llm:
+        (first,) = await llm.answer(events(1, "first"))  # no latency observed yet: no hedge
+        await warm(llm)
+        (quick,) = await llm.answer(events(1, "quick"))
+    assert first.label == 1 and quick.label == 1 and quick.calls == 1
+    assert llm.stats.hedges == 0 and llm.stats.requests == 1 + 24 + 1
+
+
+async def test_hedging_can_be_turned_off(server: FaultServer) -> None:
+    llm = make(server, timeout=0.3, hedge=False)
+    async with llm:
+        await warm(llm)
+        server.script = ["slow:30"]
+        (answer,) = await llm.answer(events(1, "hung"))
+    assert answer.label == 1  # the retry after the cut request answered
+    assert (llm.stats.hedges, llm.stats.timeouts, llm.stats.retries) == (0, 1, 1)
+
+
+async def test_a_failed_hedge_leaves_the_first_request_in_the_race(server: FaultServer) -> None:
+    llm = make(server, timeout=5.0, retries=0)
+    async with llm:
+        await warm(llm)
+        server.script = ["slow:0.15", "500"]  # slower than the p95, quicker than any timeout
+        (answer,) = await llm.answer(events(1, "slow"))
+    assert answer.label == 1 and answer.calls == 2
+    assert (llm.stats.hedges, llm.stats.hedge_wins) == (1, 0)
+
+
+async def test_the_deadline_ends_an_event_whatever_the_retries(server: FaultServer) -> None:
+    server.default = "slow:30"
+    llm = make(server, timeout=0.2, retries=100, deadline=0.7, backoff_max=0.01)
+    started = time.monotonic()
+    async with llm:
+        (answer,) = await llm.answer(events(1))
+    assert time.monotonic() - started < 0.7 + 0.5
+    assert answer.label is None and answer.error is not None and answer.retryable
+    assert answer.error.startswith("LLMTimeoutError") and "deadline" in answer.error
+    assert llm.stats.deadline_exceeded == 1 and llm.stats.timeouts >= 2
+
+
+async def test_a_hung_event_does_not_hold_back_the_next_batch(server: FaultServer) -> None:
+    server.script = ["slow:2"]
+    llm = make(server, timeout=5.0, concurrency=4)
+    async with llm:
+        stuck = asyncio.create_task(llm.answer(events(1, "stuck")))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        answers = await llm.answer(events(3, "next"))
+        assert time.monotonic() - started < 1.0 and not stuck.done()
+        assert [a.label for a in answers] == [1, 1, 1]
+        await stuck
+
+
+async def test_an_answer_outside_the_labels_is_not_retryable(server: FaultServer) -> None:
+    server.script = ["ok:maybe"]
+    llm = make(server, constrain="none", retries=0)
+    async with llm:
+        (wrong,) = await llm.answer(events(1, "a"))
+        server.default = "500"
+        (failed,) = await llm.answer(events(1, "b"))
+    assert wrong.label is None and not wrong.retryable
+    assert failed.label is None and failed.retryable
+
+
+async def test_health_reports_the_breaker_hedges_and_timeouts(server: FaultServer) -> None:
+    server.default = "500"
+    llm = make(server, retries=0, breaker_failures=2, concurrency=1)
+    async with llm:
+        await llm.answer(events(3))
+    health = llm.health()
+    assert health["breaker_state"] == "open" and health["breaker_opened"] == 1
+    assert health["breaker_rejections"] == 1 and health["failed"] == 3
+    for key in ("requests", "retries", "hedges", "hedge_wins", "timeouts", "deadline_exceeded",
+                "latency_p95_s"):
+        assert key in health
+    assert json.dumps(health)  # fit for a replay's JSON
+
+
+async def test_retries_and_hedges_stay_within_the_budget(server: FaultServer) -> None:
+    server.default = "500"
+    llm = make(server, retries=3, retry_budget=0.2, concurrency=8)
+    async with llm:
+        answers = await llm.answer(events(100))
+    assert all(a.label is None and a.retryable for a in answers)
+    # One request per event, a fifth more for retries, the reserve, and a second's refill.
+    assert len(server.seen) <= 100 * 1.2 + 10 + 2
+    assert llm.health()["budget_refusals"] > 0
+    assert any("retry budget spent" in (a.error or "") for a in answers)
+
+
+async def test_an_event_waiting_out_a_retry_after_lets_others_ask(server: FaultServer) -> None:
+    server.script = ["429:1"]
+    llm = make(server, concurrency=1)
+    finished: dict[str, float] = {}
+    started = time.monotonic()
+
+    async def ask(name: str) -> None:
+        (answer,) = await llm.answer(events(1, name))
+        assert answer.label == 1
+        finished[name] = time.monotonic() - started
+
+    async with llm:
+        await asyncio.gather(ask("limited"), ask("next"))
+    assert finished["next"] < 0.5 <= 0.95 <= finished["limited"]
+
+
+async def test_the_request_timeout_is_fitted_to_the_servers_answers(server: FaultServer) -> None:
+    llm = make(server, timeout=5.0, hedge=False)
+    async with llm:
+        assert llm.request_timeout() == 5.0  # nothing known yet: the configured limit
+        await warm(llm)
+        assert llm.request_timeout() < 0.5  # quick answers: a quarter second is plenty
+        server.script = ["slow:3"]
+        started = time.monotonic()
+        (answer,) = await llm.answer(events(1, "hung"))
+    assert answer.label == 1 and time.monotonic() - started < 1.5
+    assert (llm.stats.timeouts, llm.stats.retries) == (1, 1)
+    assert llm.health()["request_timeout_s"] <= 5.0
+
+
+async def test_a_server_that_became_slower_gets_the_time_it_now_needs(
+    server: FaultServer,
+) -> None:
+    llm = make(server, timeout=5.0, hedge=False, retries=6, deadline=8.0)
+    async with llm:
+        await warm(llm)
+        server.default = "slow:0.8"  # every answer now takes 0.8 s
+        (answer,) = await llm.answer(events(1, "slower"))
+    # The first requests are cut early; as the server stays silent, the timeout grows with the
+    # silence until a request is given the 0.8 s it needs.
+    assert answer.label == 1 and 1 <= llm.stats.timeouts <= 5
+
+
+async def test_a_fixed_timeout_when_asked(server: FaultServer) -> None:
+    llm = make(server, timeout=0.6, timeout_fit=None, hedge=False)
+    async with llm:
+        await warm(llm)
+        assert llm.request_timeout() == 0.6
+        server.script = ["slow:0.4"]
+        (answer,) = await llm.answer(events(1, "slow"))
+    assert answer.label == 1 and llm.stats.timeouts == 0

@@ -1,4 +1,4 @@
-"""The operator's logic with a real cascade (River stage, recorded GPT-3.5 answers), no broker.
+"""The operator's logic with a real cascade (hashed stage, recorded GPT-3.5 answers), no broker.
 
 What the Faust agents add around it (reading, writing, acking) is tested against a real broker in
 ``tests/integration/test_operator_*.py``.
@@ -23,7 +23,7 @@ from streamcascade.operators import dead_letters as dl
 from streamcascade.operators.codec import RecordCodec
 from streamcascade.operators.dead_letters import SourcePosition
 from streamcascade.operators.decision_log import DecisionLog
-from streamcascade.operators.learner_agent import Learner
+from streamcascade.operators.fleet_learner import FleetLearner
 from streamcascade.operators.metrics import OperatorMetrics
 from streamcascade.operators.operator import CascadeOperator, InRecord, Outgoing
 from streamcascade.operators.state_store import StateSigner
@@ -36,9 +36,9 @@ KEY = "operator-tests-signing-key"
 
 def make_operator(records: Path, **config: Any) -> CascadeOperator:
     cascade = build_cascade(TASK, RecordedLLM(records, LLM, TASK),
-                            CascadeConfig(stages=["river"], **config),
-                            river={"n_features": 2**14})
-    metrics = OperatorMetrics(["river", LLM])
+                            CascadeConfig(stages=["hashed"], **config),
+                            hashed={"n_features": 2**14})
+    metrics = OperatorMetrics(["hashed", LLM])
     return CascadeOperator(cascade, RecordCodec(max_bytes=2000), DecisionLog(ttl_s=30), metrics)
 
 
@@ -56,13 +56,13 @@ def demonstration_records(rows: Any) -> list[bytes]:
 def logged_learning(op: CascadeOperator) -> list[str]:
     """A timeline that gets ``learn <n>`` for every batch of ``n`` the cascade learns."""
     timeline: list[str] = []
-    learn = op.cascade.learn
+    learn = op.model.learn
 
     def logged_learn(batch: Any) -> None:
         timeline.append(f"learn {len(batch)}")
         learn(batch)
 
-    op.cascade.learn = logged_learn  # type: ignore[method-assign]
+    op.model.learn = logged_learn  # type: ignore[method-assign]
     return timeline
 
 
@@ -160,7 +160,7 @@ async def test_learner_publishes_signed_state_that_another_worker_loads(records_
 
     a, b, c = (SimpleNamespace(message=SimpleNamespace(tp="d", offset=o)) for o in range(3))
     signer = StateSigner(KEY)
-    learner = Learner(op.cascade, signer, publish, op.metrics, publish_interval_s=3600)
+    learner = FleetLearner(op.model, signer, publish, op.metrics, publish_interval_s=3600)
     assert await learner.learn(demos[:100]) == 100
     learner.hold([a, b])
     assert await learner.maybe_publish(ack)  # the first publish is due at once
@@ -174,17 +174,17 @@ async def test_learner_publishes_signed_state_that_another_worker_loads(records_
     assert await learner.maybe_publish(ack, force=True)
     assert acked == [a, b, c]
     versions = [signer.verify(b).version for b in published]
-    assert versions == sorted(versions) and versions[-1] == op.cascade.version > 0
-    broken = Learner(make_operator(records_file).cascade, signer, publish, op.metrics)
-    broken.cascade.learn = None  # type: ignore[method-assign]  # a step that raises
+    assert versions == sorted(versions) and versions[-1] == op.model.version > 0
+    broken = FleetLearner(make_operator(records_file).model, signer, publish, op.metrics)
+    broken.model.learn = None  # type: ignore[method-assign]  # a step that raises
     assert await broken.learn(demos[:3]) == 0
     assert skipped.labels("learning_failed")._value.get() == 3
 
     other = make_operator(records_file, warmup=20)
-    other.cascade.load_state(signer.verify(published[-1]).payload)
-    assert other.cascade.version == op.cascade.version
+    other.model.load_state(signer.verify(published[-1]).payload)
+    assert other.model.version == op.model.version
     texts = [r.text for r in rows[:50]]
-    for a, b in zip(op.cascade.stages, other.cascade.stages, strict=True):
+    for a, b in zip(op.model.stages, other.model.stages, strict=True):
         assert (a.predict_proba(texts) == b.predict_proba(texts)).all()
     assert out  # the batch was answered
 
@@ -204,16 +204,16 @@ async def test_demonstrations_read_again_after_a_rebalance_are_not_learned_twice
     async def publish(blob: bytes) -> None:
         published.append(blob)
 
-    learner = Learner(op.cascade, StateSigner(KEY), publish, op.metrics, publish_interval_s=3600)
+    learner = FleetLearner(op.model, StateSigner(KEY), publish, op.metrics, publish_interval_s=3600)
     tp = ("demonstrations", 0)
     assert await learner.learn(demos[:20], [(tp, o) for o in range(20)]) == 20
-    version = op.cascade.version
+    version = op.model.version
     # Read again from offset 10 (the last commit), and on to 30.
     assert await learner.learn(demos[10:30], [(tp, o) for o in range(10, 30)]) == 10
     skipped = op.metrics.demonstrations_skipped.labels("already_learned")
     assert skipped._value.get() == 10
     assert op.metrics.demonstrations.labels("ground_truth")._value.get() == 30
-    assert op.cascade.version > version
+    assert op.model.version > version
     held = [SimpleNamespace(message=SimpleNamespace(tp=t, offset=1)) for t in (tp, "other")]
     learner.hold(held)
     assert learner.forget({tp}) == 1
@@ -250,7 +250,7 @@ async def test_a_learner_whose_model_is_replaced_learns_again_what_it_would_ack(
         published.append(blob)
 
     revocations = Revocations()
-    learner = Learner(op.cascade, StateSigner(KEY), publish, op.metrics, learn_slice=4,
+    learner = FleetLearner(op.model, StateSigner(KEY), publish, op.metrics, learn_slice=4,
                       publish_interval_s=3600, revocations=revocations)
     tp = "demonstrations-0"
 
@@ -314,7 +314,7 @@ async def test_learning_lets_the_event_loop_turn_between_slices(records_file: Pa
     async def publish(blob: bytes) -> None:
         raise AssertionError("not due")
 
-    learner = Learner(op.cascade, StateSigner(KEY), publish, op.metrics, learn_slice=4)
+    learner = FleetLearner(op.model, StateSigner(KEY), publish, op.metrics, learn_slice=4)
     other = asyncio.ensure_future(answering())
     assert await learner.learn(demos) == 10
     await other
@@ -329,7 +329,7 @@ def test_attach_installs_the_agents_into_a_faust_app(records_file: Path) -> None
     import streamcascade
     from streamcascade.errors import ConfigurationError
 
-    cascade = make_operator(records_file).cascade
+    cascade = make_operator(records_file).model
     app = faust.App("attach-test", broker="kafka://127.0.0.1:1", web_enabled=False)
     with pytest.raises(ConfigurationError, match="signing key"):
         streamcascade.attach(app, cascade, source="in", sink="out", state_topic="state")
@@ -352,16 +352,16 @@ def test_attach_installs_the_agents_into_a_faust_app(records_file: Path) -> None
 async def test_an_unreachable_llm_gives_dead_letters_after_retries_and_the_stream_goes_on(
     records_file: Path,
 ) -> None:
-    from streamcascade.kafka_launcher import find_free_port
+    from streamcascade.kafka import find_free_port
     from streamcascade.models.llm.openai import OpenAIChatLLM
 
     # A real fault: nothing listens on this port, so every call is refused, retried, then fails.
     url = f"http://127.0.0.1:{find_free_port()}/v1"
     llm = OpenAIChatLLM(url, "none", TASK, retries=1, backoff_base=0.01, backoff_max=0.02,
                         timeout=2.0)
-    cascade = build_cascade(TASK, llm, CascadeConfig(stages=["river"]),
-                            river={"n_features": 2**12})
-    op = CascadeOperator(cascade, RecordCodec(), DecisionLog(), OperatorMetrics(["river", "none"]))
+    cascade = build_cascade(TASK, llm, CascadeConfig(stages=["hashed"]),
+                            hashed={"n_features": 2**12})
+    op = CascadeOperator(cascade, RecordCodec(), DecisionLog(), OperatorMetrics(["hashed", "none"]))
     codec = RecordCodec()
     rows = read_stream(records_file, 5)
     out = await op.handle_events(
@@ -396,10 +396,10 @@ async def test_early_answers_are_written_before_the_llm_answers(records_file: Pa
                                                                 crash: bool) -> None:
     llm = GatedLLM(records_file, LLM, TASK, crash=crash)
     # No warm-up and a price that makes every answer early, but half explored: both kinds.
-    cascade = build_cascade(TASK, llm, CascadeConfig(stages=["river"], mu=1.0, warmup=0,
+    cascade = build_cascade(TASK, llm, CascadeConfig(stages=["hashed"], mu=1.0, warmup=0,
                                                      exploration=0.5, audit_rate=0.0))
     op = CascadeOperator(cascade, RecordCodec(), DecisionLog(ttl_s=30),
-                         OperatorMetrics(["river", LLM]))
+                         OperatorMetrics(["hashed", LLM]))
     codec = RecordCodec()
     rows = [r for r in read_stream(records_file, 60) if r.id not in ("5", "6")]
     batch = [record(codec.encode_event_fields(r.id, r.text), i) for i, r in enumerate(rows)]
@@ -419,5 +419,5 @@ async def test_early_answers_are_written_before_the_llm_answers(records_file: Pa
         return
     rest = by_topic(out, "output")
     assert first and rest
-    assert {o["stage"] for o in first} == {"river"} and {o["stage"] for o in rest} == {LLM}
+    assert {o["stage"] for o in first} == {"hashed"} and {o["stage"] for o in rest} == {LLM}
     assert sorted(o["id"] for o in first + rest) == sorted(r.id for r in rows)  # once each

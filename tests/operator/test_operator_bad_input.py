@@ -20,6 +20,7 @@ from test_operator_agent import (  # the same recorded cascade and helpers
 
 from streamcascade.models.datasets import read_stream
 from streamcascade.models.llm.base import LLMAnswer
+from streamcascade.models.protocol import BatchAnswer
 from streamcascade.models.types import Decision, Event
 from streamcascade.operators import dead_letters as dl
 from streamcascade.operators.codec import MAX_ID_BYTES, RecordCodec
@@ -80,16 +81,15 @@ async def test_a_repeated_id_in_one_batch_gets_each_of_its_answers(records_file:
     label = TASK.labels.names[0]
     calls: list[list[str]] = []
 
-    async def answer(events: list[Event], on_early: Any = None) -> list[Decision]:
+    async def answer(events: list[Event], on_early: Any = None) -> BatchAnswer:
         calls.append([e.id for e in events])
-        decisions = [Decision(e.id, label, 0, "river" if i == 0 else "llm", 0, 0.9, 1.0, [])
+        decisions = [Decision(e.id, label, 0, "hashed" if i == 0 else "llm", 0, 0.9, 1.0, [])
                      for i, e in enumerate(events)]
         if on_early is not None:
             on_early(decisions[:1])
-            return decisions
-        return decisions
+        return BatchAnswer(decisions)
 
-    op.cascade.answer = answer  # type: ignore[method-assign]
+    op.model.answer = answer  # type: ignore[method-assign]
     values = [codec.encode_event_fields(i, f"text {n}") for n, i in enumerate("abab")]
     values.append(values[1])  # an exact repeat (a producer's retry): the same event, once
     written: list[Outgoing] = []
@@ -97,7 +97,7 @@ async def test_a_repeated_id_in_one_batch_gets_each_of_its_answers(records_file:
     assert [o["id"] for o in by_topic(written, "output")] == ["a"]  # round 1's early answer
     # The second round writes no early answers: its records come after the first round's.
     assert [(o["id"], o["stage"]) for o in by_topic(out, "output")] == [
-        ("b", "llm"), ("a", "river"), ("b", "llm")]
+        ("b", "llm"), ("a", "hashed"), ("b", "llm")]
     assert calls == [["a", "b"], ["a", "b"]] and reasons(out) == []
 
 
@@ -106,7 +106,7 @@ async def test_llm_answers_out_of_line_or_outside_the_labels_fail_only_their_eve
     op = make_operator(records_file)
     codec = RecordCodec()
     rows = read_stream(records_file, 5)
-    real = op.cascade.llm.answer
+    real = op.model.llm.answer
     short = [False]
 
     async def odd(events: list[Event]) -> list[LLMAnswer]:
@@ -116,7 +116,7 @@ async def test_llm_answers_out_of_line_or_outside_the_labels_fail_only_their_eve
         bad: list[Any] = [99, "1", True]
         return answers[:2] + [LLMAnswer(b, 1.0, None, str(b)) for b in bad]
 
-    op.cascade.llm.answer = odd  # type: ignore[method-assign]
+    op.model.llm.answer = odd  # type: ignore[method-assign]
     batch = [record(codec.encode_event_fields(r.id, r.text), i) for i, r in enumerate(rows)]
     out = await op.handle_events(batch)
     assert sorted(o["id"] for o in by_topic(out, "output")) == sorted(r.id for r in rows[:2])
@@ -129,7 +129,6 @@ async def test_llm_answers_out_of_line_or_outside_the_labels_fail_only_their_eve
     assert reasons(out) == [(dl.LLM_FAILED, i) for i in range(5)]
     assert "answers for 5 events" in by_topic(out, "dlq")[0]["detail"]
     assert [o for o in out if o.topic == "feedback"] == []
-    assert op.cascade.take_demonstrations() == []  # nothing left for the next batch
 
 
 def test_a_dead_letter_fits_its_topic_with_a_large_key_and_detail(records_file: Path
@@ -153,12 +152,12 @@ async def test_early_answers_of_a_failed_batch_are_logged_as_answers(records_fil
     codec = RecordCodec()
     label = TASK.labels.names[1]
 
-    async def answer(events: list[Event], on_early: Any = None) -> list[Decision]:
+    async def answer(events: list[Event], on_early: Any = None) -> BatchAnswer:
         if events[0].id == "a":  # "a" is answered early, then "b" fails (alone too)
-            on_early([Decision("a", label, 1, "river", 0, float("nan"), 1.0, [])])
+            on_early([Decision("a", label, 1, "hashed", 0, float("nan"), 1.0, [])])
         raise RuntimeError("a stage failed")
 
-    op.cascade.answer = answer  # type: ignore[method-assign]
+    op.model.answer = answer  # type: ignore[method-assign]
     written: list[Outgoing] = []
     out = await op.handle_events([record(codec.encode_event_fields(i, "text"), n)
                                   for n, i in enumerate("ab")], written.extend)
@@ -176,7 +175,7 @@ async def test_an_event_a_stage_fails_on_costs_only_itself(records_file: Path) -
     the rest of its batch is answered, once each, and the LLM answers of every answered event
     are fed back once (none of a failed attempt)."""
     op = make_operator(records_file)
-    stage = op.cascade.stages[0]
+    stage = op.model.stages[0]
     predict = stage.predict_proba
 
     def fragile(texts: list[str], upstream: Any = None) -> Any:
@@ -202,15 +201,15 @@ async def test_a_failure_after_the_llm_answered_costs_only_its_event(records_fil
     ends with one output or one dead letter, and the LLM's answers are fed back once, only for
     the events they answer."""
     op = make_operator(records_file, mu=1.0, warmup=0, exploration=0.5, audit_rate=0.0)
-    cascade = op.cascade
+    cascade = op.model
     remember = cascade._remember
     rows = [r for r in read_stream(records_file, 62) if r.id not in ("5", "6")]
     poison = {rows[7].id, rows[40].id}
 
-    def fragile(event_id: str, answer_record: Any) -> None:
-        if event_id in poison:
+    def fragile(batch: Any) -> None:  # the bookkeeping after the LLM's answers
+        if poison & {event.id for event in batch.events}:
             raise RuntimeError("bookkeeping failed")
-        remember(event_id, answer_record)
+        remember(batch)
 
     cascade._remember = fragile  # type: ignore[method-assign]
     codec = RecordCodec()
@@ -222,7 +221,7 @@ async def test_a_failure_after_the_llm_answered_costs_only_its_event(records_fil
     assert sorted([o["id"] for o in outputs] + [rows[d["offset"]].id for d in letters]) == \
         sorted(r.id for r in rows)  # one each
     assert {rows[d["offset"]].id for d in letters} <= poison
-    counted = sum(op.metrics.stage_out.labels(s)._value.get() for s in ("river", LLM))
+    counted = sum(op.metrics.stage_out.labels(s)._value.get() for s in ("hashed", LLM))
     assert counted == len(outputs)
     by_llm = sorted(o["id"] for o in outputs if o["stage"] == LLM)
     assert by_llm and sorted(o["id"] for o in by_topic(out, "feedback")) == by_llm
@@ -233,11 +232,11 @@ async def test_a_cascade_failing_on_every_event_is_retried_within_a_budget(
     op = make_operator(records_file)
     attempts = []
 
-    async def answer(events: list[Event], on_early: Any = None) -> list[Decision]:
+    async def answer(events: list[Event], on_early: Any = None) -> BatchAnswer:
         attempts.append(len(events))
         raise RuntimeError("broken")
 
-    op.cascade.answer = answer  # type: ignore[method-assign]
+    op.model.answer = answer  # type: ignore[method-assign]
     codec = RecordCodec()
     out = await op.handle_events([record(codec.encode_event_fields(str(n), "text"), n)
                                   for n in range(100)])

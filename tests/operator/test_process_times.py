@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from streamcascade.operators.stream_io import process_times
+from streamcascade.benchkit.stream_io import process_times
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")

@@ -15,11 +15,12 @@ from streamcascade.models.baseline import build_baseline
 from streamcascade.models.cascade import Cascade, CascadeConfig, build_cascade
 from streamcascade.models.datasets import StreamRow, read_stream
 from streamcascade.models.llm.recorded import RecordedLLM
+from streamcascade.models.protocol import BatchAnswer, StreamModel
 from streamcascade.models.replay import replay
-from streamcascade.models.stages.river_text import RiverTextStage
+from streamcascade.models.stages.hashed_text import HashedTextStage
 from streamcascade.models.state import pack_state, unpack_state
 from streamcascade.models.tasks import TASKS
-from streamcascade.models.types import SOURCE_AUDIT, SOURCE_LLM, Demonstration, Event
+from streamcascade.models.types import SOURCE_AUDIT, SOURCE_LLM, Decision, Demonstration, Event
 
 TASK = TASKS["imdb"]
 
@@ -38,15 +39,32 @@ def test_warm_up_sends_everything_to_the_llm(stream: tuple[RecordedLLM, list[Str
     llm, rows = stream
     cascade = build_cascade(TASK, llm, CascadeConfig(warmup=50))
     for row in rows[:50]:
-        (decision,) = asyncio.run(cascade.answer(events([row])))
-        assert decision.stage == "oracle" and decision.path == ["river", "oracle"]
+        answered = asyncio.run(cascade.answer(events([row])))
+        (decision,) = answered.decisions
+        assert decision.stage == "oracle" and decision.path == ["hashed", "oracle"]
         assert decision.cost == pytest.approx(cascade.stages[0].cost + 1182.0)
         assert decision.label == row.label
-        demos = cascade.take_demonstrations()
+        demos = answered.demonstrations
         assert [(d.event.id, d.source) for d in demos] == [(row.id, SOURCE_LLM)]
         cascade.learn(demos)
     assert not cascade.learner.warming_up
     assert cascade.version == 50
+
+
+def test_a_cascade_is_a_stream_model(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    """The seam a driver serves: typed (mypy checks this assignment) and checked at run time."""
+    llm, rows = stream
+    model: StreamModel = build_cascade(TASK, llm, CascadeConfig())
+    assert isinstance(model, StreamModel) and not isinstance(llm, StreamModel)
+    assert model.stage_names == ["hashed", "oracle"]
+    assert asyncio.run(model.answer([])) == BatchAnswer([], [])
+    # Warming up: every event goes to the LLM, and each answer comes back as a demonstration,
+    # with the batch that produced it and with no other.
+    for batch in (rows[:3], rows[3:5]):
+        answered = asyncio.run(model.answer(events(batch)))
+        assert [d.event_id for d in answered.decisions] == [r.id for r in batch]
+        assert [(d.event.id, d.label, d.source) for d in answered.demonstrations] == [
+            (r.id, TASK.labels.index(str(r.label)), SOURCE_LLM) for r in batch]
 
 
 def test_learns_to_answer_early_and_audits(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
@@ -56,23 +74,68 @@ def test_learns_to_answer_early_and_audits(stream: tuple[RecordedLLM, list[Strea
     assert result["llm_fraction"] < 0.6
     assert result["quality"] > 0.85
     assert 0 < result["audit_fraction"] < 0.2
-    decisions = asyncio.run(cascade.answer(events(rows[:200])))
-    audited = [d for d in decisions if d.path[-1] == "oracle:audit"]
+    answered = asyncio.run(cascade.answer(events(rows[:200])))
+    audited = [d for d in answered.decisions if d.path[-1] == "oracle:audit"]
     # The audit's LLM answer is the event's answer: the call was made anyway.
     assert audited and all(d.stage == "oracle" for d in audited)
     assert all(d.label_index == llm.answer_now(d.event_id).label for d in audited)
-    sources = {d.event.id: d.source for d in cascade.take_demonstrations()}
+    sources = {d.event.id: d.source for d in answered.demonstrations}
     assert all(sources[d.event_id] == SOURCE_AUDIT for d in audited)
+
+
+class CountingLLM(RecordedLLM):
+    """Recorded answers; counts the batches it is asked."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "oracle", TASK)
+        self.batches = 0
+
+    async def answer(self, batch):  # type: ignore[no-untyped-def]
+        self.batches += 1
+        return await super().answer(batch)
+
+
+def test_early_answers_are_handed_over_before_the_llm_is_asked(tmp_path: Path) -> None:
+    path = write_stream(tmp_path / "imdb.jsonl", sentiment_stream(900, hard_share=0.2, seed=4))
+    llm, rows = CountingLLM(path), read_stream(path)
+    cascade = build_cascade(TASK, llm, CascadeConfig(audit_rate=0.3))
+    replay(rows[:700], TASK, cascade, progress=False)
+    handed: list[Decision] = []
+    asked_before: list[int] = []
+
+    def on_early(decisions: list[Decision]) -> None:
+        handed.extend(decisions)
+        asked_before.append(llm.batches)
+
+    asked = llm.batches
+    answered = asyncio.run(cascade.answer(events(rows[700:]), on_early=on_early))
+    assert asked_before == [asked] and llm.batches == asked + 1
+    # Exactly the early answers the LLM does not touch (neither deferred nor audited), as the
+    # very decisions returned.
+    untouched = [d for d in answered.decisions if not d.path[-1].startswith("oracle")]
+    assert untouched and len(untouched) < len(answered.decisions)
+    assert [id(d) for d in handed] == [id(d) for d in untouched]
+    assert {d.event.id for d in answered.demonstrations} == {
+        d.event_id for d in answered.decisions if d.path[-1].startswith("oracle")}
+
+
+def test_the_records_kept_for_learning_are_the_latest(
+        stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
+    llm, rows = stream
+    cascade = build_cascade(TASK, llm, CascadeConfig(record_cache=10))
+    for lo in (0, 15):
+        asyncio.run(cascade.answer(events(rows[lo:lo + 15])))
+    assert sorted(cascade._records.keys()) == sorted(r.id for r in rows[20:30])
 
 
 def test_decisions_name_the_answering_stage(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
     llm, rows = stream
     cascade = build_cascade(TASK, llm, CascadeConfig())
     replay(rows[:600], TASK, cascade, progress=False)
-    for d in asyncio.run(cascade.answer(events(rows[600:700]))):
+    for d in asyncio.run(cascade.answer(events(rows[600:700]))).decisions:
         assert d.label in TASK.labels.names and d.label_index == TASK.labels.index(d.label)
         assert d.model_version == cascade.version
-        if d.stage == "river":
+        if d.stage == "hashed":
             assert d.stage_index == 0 and 0.5 <= d.confidence <= 1.0
         else:
             assert d.stage_index == 1 and d.path[-1] in ("oracle", "oracle:audit")
@@ -88,8 +151,8 @@ def test_state_round_trips_with_identical_decisions(
     second.load_state(first.state_bytes())
     assert second.version == first.version
     later = events(rows[700:900])
-    a = asyncio.run(first.answer(later))
-    b = asyncio.run(second.answer(later))
+    a = asyncio.run(first.answer(later)).decisions
+    b = asyncio.run(second.answer(later)).decisions
     assert [(d.label, d.stage, d.path, d.confidence) for d in a] == [
         (d.label, d.stage, d.path, d.confidence) for d in b]
     assert np.array_equal(first.controller.thresholds, second.controller.thresholds)
@@ -163,6 +226,8 @@ def test_config_is_validated(stream: tuple[RecordedLLM, list[StreamRow]]) -> Non
     assert CascadeConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigurationError, match="unknown"):
         CascadeConfig.from_dict({"colour": 1})
+    with pytest.raises(ConfigurationError, match="record_cache"):
+        build_cascade(TASK, llm, CascadeConfig(record_cache=-1))
 
 
 def test_bad_demonstration_is_refused(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
@@ -179,7 +244,8 @@ def test_learning_without_an_answer_record(stream: tuple[RecordedLLM, list[Strea
     cascade.learn([Demonstration(Event(r.id, r.text), TASK.labels.index(str(r.label)),
                                  "ground_truth") for r in rows[:100]])
     assert cascade.learner.n_learned == 100 and cascade.version == 1
-    assert cascade.stages[0].n_learned == 100
+    stage = cascade.stages[0]
+    assert isinstance(stage, HashedTextStage) and stage.n_learned == 100
 
 
 def test_baseline_answers_by_confidence(stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
@@ -208,7 +274,7 @@ def test_a_bad_part_leaves_the_state_untouched(
     assert target.state_bytes() == before
 
 
-class UpstreamSpy(RiverTextStage):
+class UpstreamSpy(HashedTextStage):
     """A second stage that records the upstream probabilities it is handed."""
 
     def __init__(self) -> None:
@@ -229,8 +295,8 @@ class UpstreamSpy(RiverTextStage):
 def test_later_stages_get_the_upstream_answers_as_given(
         stream: tuple[RecordedLLM, list[StreamRow]]) -> None:
     llm, rows = stream
-    first, spy = RiverTextStage(TASK.labels), UpstreamSpy()
-    cascade = Cascade(TASK, [first, spy], llm, CascadeConfig(stages=["river", "spy"], warmup=20))
+    first, spy = HashedTextStage(TASK.labels), UpstreamSpy()
+    cascade = Cascade(TASK, [first, spy], llm, CascadeConfig(stages=["hashed", "spy"], warmup=20))
     replay(rows[:300], TASK, cascade, progress=False)
     batch = rows[300:340]
     before = first.predict_proba([r.text for r in batch])
@@ -241,8 +307,8 @@ def test_later_stages_get_the_upstream_answers_as_given(
         np.testing.assert_allclose(spy.seen["predict"][batch[i].text], before[i])
     # Learning: the spy is handed the first stage's answers from before this learning step,
     # for the events that never reached it too (recomputed for those).
-    cascade.learn([Demonstration(Event(r.id, r.text), TASK.labels.index(r.label), SOURCE_LLM)
-                   for r in batch])
+    cascade.learn([Demonstration(Event(r.id, r.text), TASK.labels.index(str(r.label)),
+                                 SOURCE_LLM) for r in batch])
     assert not np.allclose(first.predict_proba([r.text for r in batch]), before)
     for i, row in enumerate(batch):
         np.testing.assert_allclose(spy.seen["learn"][row.text], before[i])
@@ -254,8 +320,8 @@ def test_an_event_teaches_the_policy_once_when_its_labels_meet(
     llm, rows = stream
     together, apart = (build_cascade(TASK, llm, CascadeConfig()) for _ in range(2))
     for cascade, steps in ((together, 1), (apart, 2)):
-        asyncio.run(cascade.answer(events(rows[:20])))  # warming up: all deferred to the LLM
-        from_llm = cascade.take_demonstrations()
+        # Warming up: all deferred to the LLM.
+        from_llm = asyncio.run(cascade.answer(events(rows[:20]))).demonstrations
         truth = [Demonstration(Event(r.id, r.text), TASK.labels.index(str(r.label)),
                                "ground_truth") for r in rows[:20]]
         for part in ([from_llm + truth] if steps == 1 else [from_llm, truth]):
@@ -286,11 +352,11 @@ def test_an_audit_the_llm_failed_is_the_stages_answer(tmp_path: Path) -> None:
     cascade = build_cascade(TASK, llm, CascadeConfig(audit_rate=0.3))
     replay(rows[:700], TASK, cascade, progress=False)
     llm.fail = True
-    decisions = asyncio.run(cascade.answer(events(rows[700:])))
+    decisions = asyncio.run(cascade.answer(events(rows[700:]))).decisions
     audited = [d for d in decisions if d.path[-1] == "oracle:audit"]
     assert audited
     for d in audited:  # the stage's answer stands, and says so
-        assert d.stage == "river" and d.stage_index == 0 and d.label_index is not None
+        assert d.stage == "hashed" and d.stage_index == 0 and d.label_index is not None
 
 
 def test_a_restart_serves_the_configured_operating_point(

@@ -66,9 +66,9 @@ def test_feedback_labels_are_checked_against_the_task() -> None:
 
 
 def test_output_carries_every_field() -> None:
-    decision = Decision("7", "hate", 1, "river", 0, 0.91234567, 0.5, ["river"], model_version=4)
+    decision = Decision("7", "hate", 1, "hashed", 0, 0.91234567, 0.5, ["hashed"], model_version=4)
     out = json.loads(RecordCodec().encode_output(decision, 3.25))
-    assert out == {"id": "7", "label": "hate", "stage": "river", "confidence": 0.912346,
+    assert out == {"id": "7", "label": "hate", "stage": "hashed", "confidence": 0.912346,
                    "cost": 0.5, "model_version": 4, "latency_ms": 3.25}
     assert RecordCodec.key("7") == b"7"
 

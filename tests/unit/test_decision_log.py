@@ -25,12 +25,12 @@ def fb(event_id: str, label: int = 1, source: str = "ground_truth") -> Feedback:
 def test_feedback_after_its_event_joins_at_once() -> None:
     clock = Clock()
     log = DecisionLog(ttl_s=60, clock=clock)
-    assert log.record(Event("a", "text a"), predicted=0, stage="river") == []
+    assert log.record(Event("a", "text a"), predicted=0, stage="hashed") == []
     clock.now = 5.0
     match = log.add_feedback(fb("a"), b"{}", None)
     assert match is not None
     got = (match.event.text, match.predicted, match.stage, match.lag_s)
-    assert got == ("text a", 0, "river", 5)
+    assert got == ("text a", 0, "hashed", 5)
 
 
 def test_feedback_before_its_event_waits_then_joins() -> None:
@@ -47,7 +47,7 @@ def test_feedback_before_its_event_waits_then_joins() -> None:
 
 def test_two_sources_of_feedback_both_join() -> None:
     log = DecisionLog(ttl_s=60, clock=Clock())
-    log.record(Event("c", "t"), predicted=0, stage="river")
+    log.record(Event("c", "t"), predicted=0, stage="hashed")
     sources = [log.add_feedback(fb("c", 0, s), b"", None) for s in ("llm", "ground_truth")]
     assert [m.feedback.source for m in sources if m is not None] == ["llm", "ground_truth"]
 
@@ -64,13 +64,13 @@ def test_unmatched_feedback_expires_with_what_a_dead_letter_needs() -> None:
     assert (expired.raw, expired.position, expired.key, expired.token) == (
         b"original", position, b"never", "tok")
     # It is gone: the event arriving now finds nothing waiting.
-    assert log.record(Event("never", "late"), 0, "river") == []
+    assert log.record(Event("never", "late"), 0, "hashed") == []
 
 
 def test_events_older_than_the_ttl_no_longer_join() -> None:
     clock = Clock()
     log = DecisionLog(ttl_s=10, clock=clock)
-    log.record(Event("old", "t"), 0, "river")
+    log.record(Event("old", "t"), 0, "hashed")
     clock.now = 11.0
     assert log.add_feedback(fb("old"), b"", None) is None  # waits for an event that is gone
     assert log.expire() == []  # the old event is forgotten; the feedback waits its own ttl
@@ -82,7 +82,7 @@ def test_events_older_than_the_ttl_no_longer_join() -> None:
 def test_capacity_bounds_events_and_pending_feedback() -> None:
     log = DecisionLog(ttl_s=1e9, max_events=3, max_pending=2, clock=Clock())
     for i in range(5):
-        log.record(Event(str(i), "t"), 0, "river")
+        log.record(Event(str(i), "t"), 0, "hashed")
     assert len(log) == 3
     assert log.add_feedback(fb("0"), b"", None) is None  # evicted, so it waits
     log.add_feedback(fb("x"), b"", None)
@@ -98,14 +98,14 @@ def test_capacity_bounds_the_bytes_held_oldest_first() -> None:
     whichever side it is on, and waiting feedback pushed out still comes back."""
     clock = Clock()
     log = DecisionLog(ttl_s=1e9, max_bytes=100, clock=clock)
-    log.record(Event("a", "x" * 40), 0, "river")
+    log.record(Event("a", "x" * 40), 0, "hashed")
     clock.now = 1.0
     log.add_feedback(fb("early"), b"y" * 40, None)
     clock.now = 2.0
-    log.record(Event("b", "z" * 40), 0, "river")  # 120 held: the oldest, event a, leaves
+    log.record(Event("b", "z" * 40), 0, "hashed")  # 120 held: the oldest, event a, leaves
     assert log.add_feedback(fb("a"), b"{}", None) is None and log.pending == 2
     clock.now = 3.0
-    log.record(Event("c", "w" * 40), 0, "river")  # now the waiting feedback is the oldest
+    log.record(Event("c", "w" * 40), 0, "hashed")  # now the waiting feedback is the oldest
     assert [p.feedback.event_id for p in log.expire()] == ["early"]
     assert log.add_feedback(fb("b"), b"", None) is not None  # b and c are still logged
     assert log.add_feedback(fb("c"), b"", None) is not None
@@ -121,7 +121,7 @@ def test_feedback_of_revoked_partitions_leaves_without_a_dead_letter() -> None:
     assert sorted(w.token for w in forgotten) == ["a", "c"]
     assert log.pending == 1
     # Neither matches nor expires here any more; the other partition's feedback still does.
-    assert log.record(Event("c", "text c"), predicted=0, stage="river") == []
+    assert log.record(Event("c", "text c"), predicted=0, stage="hashed") == []
     clock.now = 20.0
     assert [w.token for w in log.expire()] == ["b"]
     log.add_feedback(fb("d"), b"dd", SourcePosition("fb", 0, 3))

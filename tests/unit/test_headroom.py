@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from streamcascade.cli import cli
 from streamcascade.models.datasets import read_stream
 from streamcascade.models.headroom import answer_order, headroom, prequential
-from streamcascade.models.stages.river_text import RiverTextStage
+from streamcascade.models.stages.hashed_text import HashedTextStage
 from streamcascade.models.tasks import TASKS
 
 TASK = TASKS["imdb"]
@@ -30,19 +30,19 @@ def _stream(tmp_path: Path, contrarian: bool = False, n: int = 800) -> Path:
 def _run(path: Path) -> dict:
     rows = read_stream(path)
     answers = [TASK.labels.index(r.llm["oracle"]) for r in rows]
-    truth = [TASK.labels.index(r.label) for r in rows]
-    return headroom(rows, TASK, RiverTextStage(TASK.labels, n_features=2**14), answers, truth,
+    truth = [TASK.labels.index(str(r.label)) for r in rows]
+    return headroom(rows, TASK, HashedTextStage(TASK.labels, n_features=2**14), answers, truth,
                     progress=False)
 
 
 def test_each_event_is_answered_before_its_answer_is_learned(tmp_path: Path) -> None:
     rows = read_stream(_stream(tmp_path, n=50))
     answers = [TASK.labels.index(r.llm["oracle"]) for r in rows]
-    proba = prequential(rows, RiverTextStage(TASK.labels, n_features=2**14), answers,
+    proba = prequential(rows, HashedTextStage(TASK.labels, n_features=2**14), answers,
                         progress=False)
     assert proba[0].tolist() == [0.5, 0.5]  # nothing learned before the first event
     # Unanswered events teach nothing: a stage that never gets an answer stays uniform.
-    silent = prequential(rows, RiverTextStage(TASK.labels, n_features=2**14), [None] * len(rows),
+    silent = prequential(rows, HashedTextStage(TASK.labels, n_features=2**14), [None] * len(rows),
                          progress=False)
     assert np.allclose(silent, 0.5)
 
@@ -85,9 +85,9 @@ def test_cli_headroom_section_and_live_refusal(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     room = json.loads(out.read_text())["headroom"]
-    assert room["stage"] == "river" and room["n"] == 300
+    assert room["stage"] == "hashed" and room["n"] == 300
     assert set(room["curves"]) == {"confidence", "hindsight_policy"}
-    assert "headroom of river" in result.output
+    assert "headroom of hashed" in result.output
     live = CliRunner().invoke(cli, ["replay", "--dataset", str(path), "--llm-url",
                                     "http://127.0.0.1:9/v1", "--llm-model", "m", "--headroom",
                                     "--json", str(out)])

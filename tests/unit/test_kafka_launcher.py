@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamcascade.errors import KafkaLauncherError
-from streamcascade.kafka_launcher import (
-    STATE_FILE,
+from streamcascade.kafka import (
     BrokerState,
     LocalKafka,
     broker_pom,
@@ -26,7 +25,9 @@ from streamcascade.kafka_launcher import (
     running_broker,
     stop_broker,
 )
-from streamcascade.kafka_launcher import _random_cluster_id as random_cluster_id
+from streamcascade.kafka.broker import random_cluster_id
+from streamcascade.kafka.network import check_port_free
+from streamcascade.kafka.process import STATE_FILE
 from streamcascade.settings import Settings
 
 
@@ -74,6 +75,21 @@ def test_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
         with pytest.raises(KafkaLauncherError, match=f"port {port} .* in use"):
             broker.start()
     assert not (tmp_path / "b").exists()
+
+
+def test_connections_in_time_wait_leave_the_port_free() -> None:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM listens
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        server_end, _ = listener.accept()
+        server_end.close()  # a stopping broker closes first: its end goes to TIME-WAIT
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # the fault: a plain bind trips on TIME-WAIT
+    check_port_free(port)
 
 
 def test_a_foreign_folder_is_never_wiped(tmp_path: Path) -> None:

@@ -6,11 +6,11 @@ import urllib.request
 
 from prometheus_client import generate_latest
 
-from streamcascade.kafka_launcher import find_free_port
+from streamcascade.kafka import find_free_port
 from streamcascade.models.types import Decision
 from streamcascade.operators.metrics import OperatorMetrics
 
-STAGES = ["river", "onnx", "llm"]
+STAGES = ["hashed", "onnx", "llm"]
 
 
 def decision(stage_index: int) -> Decision:
@@ -26,28 +26,28 @@ def value(m: OperatorMetrics, name: str, **labels: str) -> float:
 def test_counts_per_stage_and_rolling_deferral_rates() -> None:
     m = OperatorMetrics(STAGES, window=4)
     m.observe_batch([decision(0), decision(2), decision(1), decision(2)], [0.001] * 4)
-    assert value(m, "streamcascade_stage_events_in_total", stage="river") == 4
+    assert value(m, "streamcascade_stage_events_in_total", stage="hashed") == 4
     assert value(m, "streamcascade_stage_events_in_total", stage="onnx") == 3
     assert value(m, "streamcascade_stage_events_in_total", stage="llm") == 2
     assert value(m, "streamcascade_stage_events_out_total", stage="llm") == 2
     assert value(m, "streamcascade_cost_total", stage="llm") == 6.0
-    assert value(m, "streamcascade_deferral_rate", stage="river") == 0.75
+    assert value(m, "streamcascade_deferral_rate", stage="hashed") == 0.75
     assert abs(value(m, "streamcascade_deferral_rate", stage="onnx") - 2 / 3) < 1e-9
     assert value(m, "streamcascade_llm_share") == 0.5
     # The window holds the last four answers: four first-stage answers push the others out.
     m.observe_batch([decision(0)] * 4, [0.001] * 4)
     assert value(m, "streamcascade_llm_share") == 0.0
-    assert value(m, "streamcascade_deferral_rate", stage="river") == 0.0
-    assert value(m, "streamcascade_decision_latency_seconds_count", stage="river") == 5
+    assert value(m, "streamcascade_deferral_rate", stage="hashed") == 0.0
+    assert value(m, "streamcascade_decision_latency_seconds_count", stage="hashed") == 5
 
 
 def test_llm_calls_count_audits_and_failures() -> None:
     m = OperatorMetrics(STAGES)
-    answered = Decision("a", "x", 0, "llm", 2, 1.0, 1.0, ["river", "onnx", "llm"])
-    audited = Decision("b", "x", 0, "llm", 2, 1.0, 1.0, ["river", "llm:audit"])
-    failed = Decision("c", None, None, "llm", 2, 1.0, 1.0, ["river", "onnx", "llm"],
+    answered = Decision("a", "x", 0, "llm", 2, 1.0, 1.0, ["hashed", "onnx", "llm"])
+    audited = Decision("b", "x", 0, "llm", 2, 1.0, 1.0, ["hashed", "llm:audit"])
+    failed = Decision("c", None, None, "llm", 2, 1.0, 1.0, ["hashed", "onnx", "llm"],
                       error="timed out")
-    early = Decision("d", "x", 0, "river", 0, 0.9, 0.1, ["river"])
+    early = Decision("d", "x", 0, "hashed", 0, 0.9, 0.1, ["hashed"])
     m.observe_llm_calls([answered, audited, failed, early])
     assert value(m, "streamcascade_llm_calls_total") == 3
 
@@ -85,9 +85,9 @@ def test_loop_lag_probe_sees_a_stall() -> None:
     import asyncio
     import time
 
-    from streamcascade.operators.install import probe_loop_lag
+    from streamcascade.operators.event_loop import probe_loop_lag
 
-    metrics = OperatorMetrics(["river", "llm"])
+    metrics = OperatorMetrics(["hashed", "llm"])
 
     async def stall_once() -> None:
         probe = asyncio.ensure_future(probe_loop_lag(metrics, interval_s=0.01))

@@ -72,7 +72,7 @@ def test_cascade_defers_exactly_where_its_stage_is_wrong(tmp_path: Path) -> None
     replay(stream[:1200], task, cascade, progress=False)
     # Judge the learned policy on the rest, without exploration and without learning.
     cascade.learner.exploration = 0.0
-    decisions = asyncio.run(cascade.answer([Event(r.id, r.text) for r in stream[1200:]]))
+    decisions = asyncio.run(cascade.answer([Event(r.id, r.text) for r in stream[1200:]])).decisions
     hard = np.array([bool(r["hard"]) for r in rows[1200:]])
     # Deferred by the policy (an audited early answer also ends at the LLM, but as an audit).
     deferred = np.array([d.path[-1] == llm.name for d in decisions])

@@ -15,13 +15,13 @@ from streamcascade.models.cascade import CascadeConfig, build_cascade
 from streamcascade.models.datasets import read_stream
 from streamcascade.models.llm.recorded import RecordedLLM
 from streamcascade.models.replay import dominance, replay, truth_arrives
-from streamcascade.models.stages.river_text import RiverTextStage
+from streamcascade.models.stages.hashed_text import HashedTextStage
 from streamcascade.models.tasks import TASKS
 
 TASK = TASKS["imdb"]
 
 
-class SpyStage(RiverTextStage):
+class SpyStage(HashedTextStage):
     """A real River stage that records the order of its calls."""
 
     def __init__(self, log: list[tuple[str, str]]) -> None:
@@ -55,7 +55,7 @@ def test_no_event_is_learned_before_it_is_answered(tmp_path: Path, feedback: str
     replay(read_stream(path), TASK, cascade, feedback=feedback, batch_size=4, progress=False)
     # The cascade's answers, not the stage's predictions: learning predicts too, for events it
     # has no record of, so a stage prediction before a learning step proves nothing.
-    answered = {}
+    answered: dict[str, int] = {}
     for i, (kind, text) in enumerate(log):
         if kind == "answer":
             answered.setdefault(text, i)
@@ -105,8 +105,8 @@ def test_scores_against_ground_truth(tmp_path: Path) -> None:
     shares = sum(s["share"] for s in result["stages"].values())
     assert shares == pytest.approx(1.0)
     assert result["relative_cost"] == pytest.approx(
-        result["llm_call_fraction"] + result["stages"]["river"]["cost_per_event"] / 1182, abs=1e-6)
-    assert result["stages"]["river"]["predict_events_per_s"] > 0
+        result["llm_call_fraction"] + result["stages"]["hashed"]["cost_per_event"] / 1182, abs=1e-6)
+    assert result["stages"]["hashed"]["predict_events_per_s"] > 0
 
 
 def test_dominance_compares_within_the_baselines_range() -> None:
@@ -148,7 +148,7 @@ def test_cli_replay_with_sweep_and_plot(tmp_path: Path) -> None:
                 "llm_fraction", "relative_cost", "stages", "config", "seed", "baseline"):
         assert key in data
     assert data["n"] == 300 and data["seed"] == 3 and data["llm_quality"] == 1.0
-    assert data["config"]["stages"] == ["river"]
+    assert data["config"]["stages"] == ["hashed"]
     assert len(data["sweep"]["learned"]) == 8 and len(data["sweep"]["baseline"]) == 9
     assert "learned_at_least_baseline" in data["sweep"]["comparison"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -192,25 +192,25 @@ def _replay_small_stream(tmp_path: Path, *flags: str) -> tuple[Result, Path]:
 
 def test_cli_prices_stages(tmp_path: Path) -> None:
     result, out = _replay_small_stream(tmp_path, "--stage-cost", "oracle=10",
-                                       "--stage-cost", "river=1")
+                                       "--stage-cost", "hashed=1")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert data["stages"]["river"]["cost_per_event"] == 1.0
-    # every event runs the river stage (1) and a share of them the LLM (10), over 10 per event
+    assert data["stages"]["hashed"]["cost_per_event"] == 1.0
+    # every event runs the hashed stage (1) and a share of them the LLM (10), over 10 per event
     assert data["relative_cost"] == pytest.approx(data["llm_call_fraction"] + 0.1)
-    bad, _ = _replay_small_stream(tmp_path, "--stage-cost", "river")
+    bad, _ = _replay_small_stream(tmp_path, "--stage-cost", "hashed")
     assert bad.exit_code != 0 and "NAME=PRICE" in bad.output
 
 
 def test_cli_passes_stage_options(tmp_path: Path) -> None:
-    result, out = _replay_small_stream(tmp_path, "--stage-option", "river.n_features=64",
-                                       "--stage-option", "river.bigrams=false")
+    result, out = _replay_small_stream(tmp_path, "--stage-option", "hashed.n_features=64",
+                                       "--stage-option", "hashed.bigrams=false")
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert data["stage_options"] == {"river": {"n_features": 64, "bigrams": False}}
+    assert data["stage_options"] == {"hashed": {"n_features": 64, "bigrams": False}}
     # 64 features x 2 classes + 2 biases, over BERT-base's 110M parameters
-    assert data["stages"]["river"]["cost_per_event"] == pytest.approx(130 / 110e6)
-    bad, _ = _replay_small_stream(tmp_path, "--stage-option", "river.nope=1")
+    assert data["stages"]["hashed"]["cost_per_event"] == pytest.approx(130 / 110e6)
+    bad, _ = _replay_small_stream(tmp_path, "--stage-option", "hashed.nope=1")
     assert bad.exit_code != 0 and "nope" in bad.output
 
 
@@ -239,6 +239,6 @@ def test_a_live_backends_connections_close_with_the_replays_loop(tmp_path: Path)
 
     llm = Live(path, "oracle", TASK)
     for _ in range(2):
-        replay(read_stream(path), TASK, Cascade(TASK, [RiverTextStage(TASK.labels)], llm,
+        replay(read_stream(path), TASK, Cascade(TASK, [HashedTextStage(TASK.labels)], llm,
                                                 CascadeConfig()), progress=False)
     assert len(closed_in) == 2 and closed_in[0] is not closed_in[1]

@@ -13,8 +13,8 @@ from streamcascade.errors import ConfigurationError
 
 
 def test_stage_options_parse_as_json_when_they_can() -> None:
-    got = parse_stage_options(("onnx.variant=int8", "river.n_features=4096", "onnx.x=true"))
-    assert got == {"onnx": {"variant": "int8", "x": True}, "river": {"n_features": 4096}}
+    got = parse_stage_options(("onnx.variant=int8", "hashed.n_features=4096", "onnx.x=true"))
+    assert got == {"onnx": {"variant": "int8", "x": True}, "hashed": {"n_features": 4096}}
     with pytest.raises(ConfigurationError, match=r"STAGE\.KEY=VALUE"):
         parse_stage_options(("variant=int8",))
 
@@ -54,7 +54,7 @@ def test_a_bad_cascade_is_refused_before_any_topic_is_made(monkeypatch: pytest.M
     def no_topics(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("topics were made before the cascade was checked")
 
-    monkeypatch.setattr(topics, "ensure_topics", no_topics)
+    monkeypatch.setattr(topics, "prepare_topics", no_topics)
     result = CliRunner().invoke(cli, ["worker", "--bootstrap", "127.0.0.1:1", "--task", "nope"])
     assert result.exit_code != 0 and "unknown task 'nope'" in result.output
 
@@ -81,7 +81,7 @@ def test_the_config_file_is_checked_and_flags_win_only_when_given(tmp_path: Path
     result = CliRunner().invoke(cli, ["worker", "--config", str(config)])
     assert result.exit_code != 0 and "unknown [worker] keys ['input']" in result.output
     assert "input_topic" in result.output
-    config.write_text('[cascades]\nstages = ["river"]\n')
+    config.write_text('[cascades]\nstages = ["hashed"]\n')
     result = CliRunner().invoke(cli, ["worker", "--config", str(config)])
     assert result.exit_code != 0 and "unknown tables ['cascades']" in result.output
 

@@ -1,9 +1,9 @@
 """A pass-through agent: the baseline of ``streamcascade bench kafka``.
 
-It does everything the operator does around the cascade (the same micro-batches, consumer
+It does everything the operator does around the model (the same micro-batches, consumer
 settings and heap handling, decoding, an output per event keyed by id, the same pipelined writer
 that acks only what the broker has, the event-loop lag probe) and nothing else, so that the
-benchmark measures what the cascade costs on top of Faust and Kafka.
+benchmark measures what the model costs on top of Faust and Kafka.
 """
 
 from __future__ import annotations
@@ -17,21 +17,16 @@ from streamcascade.models.types import Decision
 from streamcascade.operators.acks import OffsetOrderAcks, Revocations
 from streamcascade.operators.batching import micro_batches
 from streamcascade.operators.codec import RecordCodec
-from streamcascade.operators.install import (
-    OperatorOptions,
-    PipelinedWriter,
+from streamcascade.operators.event_loop import freeze_heap, probe_loop_lag
+from streamcascade.operators.faust_io import follow_revocations, raw_topic, record_of, run_or_crash
+from streamcascade.operators.faust_patches import (
     back_off_failed_metadata_updates,
-    follow_revocations,
-    freeze_heap,
     low_latency_fetch,
-    probe_loop_lag,
-    raw_topic,
-    record_of,
-    run_or_crash,
-    send_raw,
 )
 from streamcascade.operators.metrics import OperatorMetrics
 from streamcascade.operators.operator import Outgoing
+from streamcascade.operators.options import DEFAULTS, OperatorOptions
+from streamcascade.operators.writer import PipelinedWriter, TopicSender
 
 
 def install_passthrough(
@@ -39,22 +34,18 @@ def install_passthrough(
     source: str,
     sink: str,
     codec: RecordCodec | None = None,
-    options: OperatorOptions | None = None,
+    options: OperatorOptions = DEFAULTS,
     metrics_port: int | None = None,
 ) -> Any:
     """Add the pass-through agent to ``app``, set up as the operator would be; returns the
     agent. With ``metrics_port``, the event-loop lag is served there (Prometheus)."""
     codec = codec or RecordCodec()
-    options = options or OperatorOptions()
     metrics = OperatorMetrics(["passthrough"])
     if metrics_port is not None:
         metrics.serve(metrics_port)
     low_latency_fetch(app, options.fetch_max_wait_ms)
     back_off_failed_metadata_updates()
-    out_topic = raw_topic(app, sink)
-
-    async def send(record: Outgoing) -> Any:
-        return await send_raw(app, out_topic.get_topic_name(), record)
+    send = TopicSender(app, {"output": sink})
 
     async def passthrough_agent(stream: Any) -> None:
         if options.freeze_heap:
