@@ -129,6 +129,7 @@ def _replay(name: str, dataset: Path, config: ProgramConfig, truth_share: float,
     from streamcascade.models.programs.builtin import Sources
     from streamcascade.models.programs.compare import (
         ReplaySettings,
+        budget_sweep,
         compare,
         sweep_budgets,
     )
@@ -149,8 +150,6 @@ def _replay(name: str, dataset: Path, config: ProgramConfig, truth_share: float,
                               batch_size=batch_size, progress=progress)
     result = compare(rows, task, name, sources, config, settings)
     if plot_out is not None:
-        from streamcascade.models.programs.compare import budget_sweep
-
         dearest = result["baselines"]["dearest"]["cost_per_event"]
         result["sweep"] = budget_sweep(rows, task, name, sources, config, settings,
                                        sweep_budgets(dearest))

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from program_synthetic import compiled, events, gate_program, route_program, run_stream
+from program_synthetic import (
+    LABELS,
+    TASK,
+    KindStage,
+    compiled,
+    events,
+    gate_program,
+    route,
+    route_program,
+    run_stream,
+    truth_of,
+    wrong_of,
+)
 
+from streamcascade.models.programs import FunctionBackend, Module, Program
 from streamcascade.models.programs.policy import CostController, SitePolicy, Utility
 
 
@@ -157,3 +170,30 @@ def test_the_f1_reward_is_the_marginal_f1() -> None:
     assert utility(1, 0) < -0.5
     accuracy = Utility("accuracy", positive=None)
     assert (accuracy(2, 2), accuracy(1, 2), accuracy(None, 2)) == (1.0, 0.0, 0.0)
+
+
+def test_a_cap_is_not_spent_where_spending_would_cost_quality() -> None:
+    # Here dear is right only on kind b, cheap only on kind a: the best choices cost 50.5 per
+    # event. A cap of 95 leaves the rest unspent; a target of 95 spends it, at a price below
+    # zero, on dear calls that are wrong.
+    specialists = Module("answer", LABELS, [
+        FunctionBackend("cheap", lambda t: truth_of(t) if t.startswith("a") else wrong_of(t),
+                        cost=1.0),
+        FunctionBackend("dear", lambda t: truth_of(t) if t.startswith("b") else wrong_of(t),
+                        cost=100.0),
+    ])
+    stream = events(5000, seed=13)
+    truth = {e.id: y for e, y in stream}
+    cost: dict[str, float] = {}
+    right: dict[str, float] = {}
+    price: dict[str, float] = {}
+    for mode in ("cap", "target"):
+        program = Program("specialists", TASK, [specialists], route, [KindStage()])
+        model = compiled(program, budget=95.0, budget_mode=mode, warmup=100, seed=14)
+        late = run_stream(model, stream)[-1500:]
+        cost[mode] = float(np.mean([d.cost for d in late]))
+        right[mode] = float(np.mean([d.label_index == truth[d.event_id] for d in late]))
+        price[mode] = model.controller.lam
+    assert cost["cap"] < 65.0 and right["cap"] > 0.9 and price["cap"] == 0.0
+    assert abs(cost["target"] - 95.0) / 95.0 < 0.1 and price["target"] < 0.0
+    assert right["target"] < right["cap"]
