@@ -42,6 +42,7 @@ from streamcascade.models.stages.base import Stage
 from streamcascade.models.stages.registry import make_stage
 from streamcascade.models.state import expect, pack_state, unpack_state
 from streamcascade.models.tasks import Task
+from streamcascade.models.training import training_report
 from streamcascade.models.types import (
     SOURCE_AUDIT,
     SOURCE_GROUND_TRUTH,
@@ -253,6 +254,11 @@ class Cascade:
         """How the LLM is doing, for metrics (see :class:`~.llm.base.ReportsHealth`); empty for a
         backend that cannot say."""
         return self.llm.health() if isinstance(self.llm, ReportsHealth) else {}
+
+    def training_report(self) -> dict[str, dict[str, int]]:
+        """How the stages that train in the background keep up, for metrics (see
+        :class:`~.training.ReportsTraining`); empty when none does."""
+        return training_report(self.stages)
 
     def preview(self, events: Sequence[Event]) -> list[tuple[int, float]]:
         """What the stages say of ``events`` without the LLM: per event, the last stage's label

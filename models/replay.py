@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,24 @@ from streamcascade.models.tasks import Task
 from streamcascade.models.types import SOURCE_GROUND_TRUTH, Decision, Demonstration, Event
 
 FEEDBACK_MODES = ("llm", "ground_truth", "both")
+#: Options a replay gives a stage (by its registry name) unless the user set them. ``lockstep``:
+#: a stage that trains in the background takes each snapshot at its point of the stream, as an
+#: operator whose training keeps up does; so an event is answered by the snapshot that would be
+#: live there, and the replay's figures never depend on how fast the machine trains.
+REPLAY_STAGE_OPTIONS: dict[str, dict[str, Any]] = {"finetune": {"lockstep": True}}
+#: Figures of a stage that trains in the background, summed over stages at the replay's top level.
+_TRAINING_FIGURES = ("train_seconds", "snapshots_published")
+
+
+def replay_stage_options(stages: Sequence[str],
+                         options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``options`` (stage name -> its options) with :data:`REPLAY_STAGE_OPTIONS` added for the
+    ``stages`` of the cascade, each where the user did not set it."""
+    out = {name: dict(given) for name, given in options.items()}
+    for name in stages:
+        for key, value in REPLAY_STAGE_OPTIONS.get(name, {}).items():
+            out.setdefault(name, {}).setdefault(key, value)
+    return out
 
 
 def truth_arrives(event_id: str, truth_share: float) -> bool:
@@ -179,11 +197,22 @@ def score(decisions: Sequence[Decision], truth: Sequence[int], task: Task, casca
         "lost": lost,
         **_llm_health(cascade),
         "stages": stages,
+        **_training(stages),
         "final_thresholds": [float(t) for t in cascade.controller.thresholds],
         "seconds": seconds,
         "_early_labels": {i: predicted[i] for i in early},
         "events_per_s": n / seconds if seconds else None,
     }
+
+
+def _training(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The training time and snapshots published of the stages that train in the background
+    (summed), ``None`` when none does."""
+    out: dict[str, Any] = {}
+    for figure in _TRAINING_FIGURES:
+        values = [stats[figure] for stats in stages.values() if figure in stats]
+        out[figure] = sum(values) if values else None
+    return out
 
 
 def _llm_health(cascade: Cascade) -> dict[str, Any]:

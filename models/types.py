@@ -81,7 +81,9 @@ class Decision:
     ``label`` is ``None`` only when the last stage failed to answer (``error`` says why); the
     operator turns such a decision into a dead letter rather than guess. ``degraded`` marks an
     answer an earlier stage gave because the LLM could not (``stage`` names it, ``error`` says
-    why the LLM did not answer); it is never learned from as the LLM's.
+    why the LLM did not answer); it is never learned from as the LLM's. ``backends`` is a
+    program's choice per module (``None`` for a cascade, whose ``stage`` says it all): each
+    module called maps to its backend, or to its backends in call order if called again.
     """
 
     event_id: str
@@ -95,6 +97,7 @@ class Decision:
     model_version: int = 0
     error: str | None = None
     degraded: bool = False
+    backends: dict[str, str | list[str]] | None = None
 
 
 def texts_of(events: Sequence[Event]) -> list[str]:

@@ -234,7 +234,10 @@ def export_top(top: EncoderTop, hidden: np.ndarray, mask: np.ndarray, *, variant
     top = top.eval()
     with torch.inference_mode():
         expected = top(torch.from_numpy(hidden), torch.from_numpy(mask)).numpy()
-    with tempfile.TemporaryDirectory(prefix="streamcascade-top-") as tmp:
+    # Not a TemporaryDirectory: its exit hook would delete the folder under a training thread
+    # still exporting while the process stops.
+    tmp = tempfile.mkdtemp(prefix="streamcascade-top-")
+    try:
         raw, fp32 = Path(tmp) / "top.raw.onnx", Path(tmp) / "top.onnx"
         example = (torch.zeros((2, 8, cfg.hidden_size)), torch.ones((2, 8), dtype=torch.int64))
         _export(top, example, raw, TOP_INPUTS, TOP_OUTPUT, opset)
@@ -255,6 +258,8 @@ def export_top(top: EncoderTop, hidden: np.ndarray, mask: np.ndarray, *, variant
                 raise ModelFileError(f"the top's int8 export strays from its torch weights: "
                                      f"mean cosine {cos.mean():.4f} < {min_int8_cosine}")
         return TopExport(variant, path.read_bytes(), parity)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_split(model: str = "minilm-l6", n_top: int = 2, out_dir: Path | None = None, *,

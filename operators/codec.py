@@ -203,8 +203,9 @@ class RecordCodec:
 
     def encode_output(self, decision: Decision, latency_ms: float) -> bytes:
         """The output record of an answered event; one an earlier stage answered because the
-        LLM could not carries ``"degraded": true`` (and ``stage`` names that stage)."""
-        output = {
+        LLM could not carries ``"degraded": true`` (and ``stage`` names that stage); a
+        program's answer carries ``backends``, the backend chosen per module called."""
+        output: dict[str, Any] = {
             "id": decision.event_id,
             "label": decision.label,
             "stage": decision.stage,
@@ -217,6 +218,8 @@ class RecordCodec:
         }
         if decision.degraded:
             output["degraded"] = True
+        if decision.backends is not None:
+            output["backends"] = decision.backends
         return _compact(output).encode("utf-8")
 
     def encode_feedback(self, event_id: str, label: str, source: str) -> bytes:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-__all__ = ["MAX_POLL_RECORDS", "fair_fetch"]
+__all__ = ["MAX_POLL_RECORDS", "fair_fetch", "to_the_back"]
 
 #: Records handed over per fetched batch when the app does not say.
 MAX_POLL_RECORDS = 100
@@ -39,6 +39,14 @@ def fair_fetch(app: Any, max_poll_records: int = MAX_POLL_RECORDS) -> None:
     _rotate_drained_partitions()
 
 
+def to_the_back(buffered: Any, drained: Any) -> None:
+    """Move each drained partition that still has records buffered behind the others, so that
+    the others go first in the next batch (``buffered``: aiokafka's ordered buffer)."""
+    for tp in drained:
+        if tp in buffered:
+            buffered.move_to_end(tp)
+
+
 def _rotate_drained_partitions() -> None:
     from aiokafka.consumer.fetcher import Fetcher
 
@@ -51,9 +59,7 @@ def _rotate_drained_partitions() -> None:
         drained = await drain(self, partitions, timeout, max_records)
         buffered: Any = getattr(self, "_records", None)
         if max_records is not None and drained and hasattr(buffered, "move_to_end"):
-            for tp in drained:
-                if tp in buffered:  # records left: the other partitions go first next time
-                    buffered.move_to_end(tp)
+            to_the_back(buffered, drained)
         return drained
 
     fetched_records._streamcascade = True  # type: ignore[attr-defined]

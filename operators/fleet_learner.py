@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from streamcascade.errors import UnknownLabelError
+from streamcascade.models.programs.runtime import SharesRuns
 from streamcascade.models.protocol import StreamModel
 from streamcascade.models.state import compress_state
 from streamcascade.models.types import Demonstration, Event, LabelSet
@@ -96,6 +97,8 @@ class FleetLearner:
         guard: LearningGuard | None = None,
     ) -> None:
         self.model = model
+        # A program's policies learn from the runs the answering workers hand over.
+        self._runs = model if isinstance(model, SharesRuns) else None
         self.guard = LearningGuard(model.task.labels, None) if guard is None else guard
         self.revocations = revocations or Revocations()
         self.signer = signer
@@ -148,6 +151,7 @@ class FleetLearner:
             self._partitions.update(tp for tp, _ in positions)
             values = self._not_learned_yet(values, positions)
         labels = self.model.task.labels
+        self._adopt_runs(values)
         demos = [d for d in (decode_demonstration(v, labels) for v in values) if d is not None]
         if len(demos) < len(values):
             self.metrics.demonstrations_skipped.labels("malformed").inc(len(values) - len(demos))
@@ -188,6 +192,22 @@ class FleetLearner:
         if unchanged:  # the model is still the published one: reference answers for newcomers
             self.guard.still_reference()
         return screened.learn, screened.held
+
+    def _adopt_runs(self, values: Sequence[bytes | None]) -> None:
+        """Hand the model the runs that came with these demonstrations (a program's: the
+        answering worker's draws, which its policies learn from here)."""
+        if self._runs is None:
+            return
+        for value in values:
+            try:
+                record = json.loads(value or b"")
+                run = record.get("run")
+                event = Event(str(record["id"]), str(record["text"]))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # (decoding the demonstration says so)
+            if isinstance(run, dict) and not self._runs.adopt_run(event, run):
+                log.debug("event %r: its run does not fit the program; only its stages learn",
+                          event.id[:80])
 
     def _not_learned_yet(self, values: Sequence[bytes | None],
                          positions: Sequence[tuple[Any, int]]) -> list[bytes | None]:
@@ -275,8 +295,9 @@ class FleetLearner:
         self._learned_since_reference = 0
         self.guard.is_reference()
         labels = self.model.task.labels
-        held = (decode_demonstration(getattr(h.message, "value", None), labels)
-                for h in self._unacked)
+        values = [getattr(h.message, "value", None) for h in self._unacked]
+        self._adopt_runs(values)  # (the runs were learned from, and let go, before)
+        held = (decode_demonstration(v, labels) for v in values)
         # (those the gate holds back stay held back: not learned now)
         redo = [d for d in held if d is not None and not self.guard.gate.holds_back(d.event.id)]
         redo += self._in_progress[:self._in_progress_done]

@@ -3,7 +3,8 @@
 Counters and histograms are updated once per micro-batch where they can be (the hot path stays
 lean); the rolling figures (deferral rate per stage, quality on feedback) are gauges computed over
 a window of recent events. A live LLM's own figures (its circuit breaker, hedges, timeouts) are
-read from its health report when Prometheus scrapes (:meth:`OperatorMetrics.watch_llm`).
+read from its health report when Prometheus scrapes (:meth:`OperatorMetrics.watch_llm`), and so
+are the figures of stages that train in the background (:meth:`OperatorMetrics.watch_training`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from streamcascade.models.llm.base import ReportsHealth
+from streamcascade.models.training import BACKLOG, DROPPED, ReportsTraining
 from streamcascade.models.types import Decision
 from streamcascade.operators import dead_letters as dl
 from streamcascade.operators.options import DEFAULTS
@@ -191,6 +193,9 @@ class OperatorMetrics:
             "degrade), by that stage", ["stage"], registry=r,
         )
         self._llm_watched = False
+        # Registered now, so that the families exist (empty) before a model reports training.
+        self._training = _TrainingCollector()
+        r.register(self._training)
         # No data is not a zero: the rolling figures read NaN until they have some.
         self.quality.set(float("nan"))
         self.llm_share.set(float("nan"))
@@ -261,6 +266,11 @@ class OperatorMetrics:
             self.registry.register(_LLMHealthCollector(source))
             self._llm_watched = True
 
+    def watch_training(self, source: ReportsTraining) -> None:
+        """Publish how ``source``'s background training keeps up (backlog, demonstrations
+        dropped, per stage), read at each scrape."""
+        self._training.source = source
+
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``addr:port`` from a daemon thread."""
         start_http_server(port, addr=addr, registry=self.registry)
@@ -292,3 +302,28 @@ class _LLMHealthCollector(Collector):
             "95th percentile of the LLM's recent answer latencies: a request out longer gets a "
             "hedge (NaN until enough answers are seen)",
             value=float("nan") if p95 is None else float(p95))
+
+
+class _TrainingCollector(Collector):
+    """The backlog and dropped demonstrations of stages that train in the background, read when
+    scraped (the stages keep the counts; nothing is copied on the hot path)."""
+
+    def __init__(self) -> None:
+        self.source: ReportsTraining | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.source.training_report() if self.source is not None else {}
+        backlog = GaugeMetricFamily(
+            "streamcascade_training_backlog",
+            "Demonstrations waiting for a stage's background training (fine-tuning)",
+            labels=["stage"])
+        dropped = CounterMetricFamily(
+            "streamcascade_training_dropped",
+            "Demonstrations a stage's background training dropped because it fell behind the "
+            "stream (the oldest waiting beyond its max_backlog; a WARNING says when)",
+            labels=["stage"])
+        for stage, figures in report.items():
+            backlog.add_metric([stage], float(figures[BACKLOG]))
+            dropped.add_metric([stage], float(figures[DROPPED]))
+        yield backlog
+        yield dropped

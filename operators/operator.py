@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamcascade.errors import RecordError
+from streamcascade.models.programs.runtime import SharesRuns
 from streamcascade.models.protocol import StreamModel
 from streamcascade.models.types import (
     SOURCE_GROUND_TRUTH,
@@ -93,14 +94,15 @@ class RetryBudget:
     left: int
 
 
-def encode_demonstration(match: Match, label_name: str) -> bytes:
-    """A demonstration record: everything the learner needs, the event's text included."""
-    return json.dumps(
-        {"id": match.event.id, "text": match.event.text, "label": label_name,
-         "source": match.feedback.source},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode("utf-8")
+def encode_demonstration(match: Match, label_name: str,
+                         run: dict[str, Any] | None = None) -> bytes:
+    """A demonstration record: everything the learner needs, the event's text included, and
+    for a program the run that answered the event (the learner may be another worker)."""
+    record: dict[str, Any] = {"id": match.event.id, "text": match.event.text,
+                              "label": label_name, "source": match.feedback.source}
+    if run is not None:
+        record["run"] = run
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 class CascadeOperator:
@@ -134,6 +136,8 @@ class CascadeOperator:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
+        #: A program's runs travel with their ground truth to the fleet's learner.
+        self.runs = model if isinstance(model, SharesRuns) else None
         self.codec = codec
         self.decision_log = decision_log
         self.metrics = metrics
@@ -350,7 +354,9 @@ class CascadeOperator:
             self.metrics.feedback_lag.observe(match.lag_s)
         if source == SOURCE_GROUND_TRUTH:
             self.metrics.observe_ground_truth(match.predicted, match.feedback.label)
-        value = encode_demonstration(match, self.labels.name(match.feedback.label))
+        run = (self.runs.run_record(match.event.id)
+               if self.runs is not None and source == SOURCE_GROUND_TRUTH else None)
+        value = encode_demonstration(match, self.labels.name(match.feedback.label), run)
         return [Outgoing("demonstrations", self.codec.key(match.event.id), value)]
 
     def handle_feedback(self, records: Sequence[InRecord]) -> FeedbackResult:

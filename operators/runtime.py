@@ -244,8 +244,17 @@ class OperatorRuntime:
     # -- model state -------------------------------------------------------------------------
     async def _publish_state(self, blob: bytes) -> None:
         assert self._state_topic is not None  # (the learner publishes only with a state topic)
-        delivery = await self._state_topic.send(key=STATE_KEY, value=blob)
-        await delivery
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        try:
+            delivery = await self._state_topic.send(key=STATE_KEY, value=blob)
+            await delivery
+        except MessageSizeTooLargeError:
+            # The broker's own error names no topic and no size: say which, and what to do.
+            raise ConfigurationError(
+                f"model-state topic {self.topics.state} refused a state of {len(blob)} bytes "
+                f"(its max.message.bytes is lower); raise it to {self.topics.state_max_bytes} "
+                "(state_max_bytes)") from None
 
     def _apply_state(self, snapshot: Snapshot) -> None:
         """Serve a newer state of the fleet (the watcher's callback)."""

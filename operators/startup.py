@@ -12,6 +12,8 @@ In order, once per worker, the same for ``streamcascade.attach`` and ``streamcas
    at its next metadata refresh.
 2. The dead-letter topic's record limit: one made elsewhere may take less than
    :data:`~streamcascade.operators.dead_letters.MAX_BYTES`, and dead letters are then cut to fit.
+   So may the model-state topic's: a state over its limit cannot be published, which a warning
+   says now rather than the broker's bare refusal at the first large state.
 3. The newest model state of the fleet, loaded and then followed (serving without it would roll
    the fleet's model back).
 
@@ -93,6 +95,8 @@ class StartUp:
             if self.topics.dlq:
                 self.operator.dead_letter_max_bytes = await dead_letter_limit(bootstrap,
                                                                               self.topics.dlq)
+            if self.topics.state:
+                await state_limit(bootstrap, self.topics.state, self.topics.state_max_bytes)
         except ConfigurationError as refused:  # say why, and stop
             log.error("%s", refused)
             await self.app.crash(refused)
@@ -127,6 +131,19 @@ async def dead_letter_limit(bootstrap: str, topic: str) -> int:
         return dl.MAX_BYTES
     log.warning("dead-letter topic %s takes records of at most %d bytes: originals over about "
                 "%d bytes are cut in their dead letters", topic, limit, dl.original_limit(limit))
+    return limit
+
+
+async def state_limit(bootstrap: str, topic: str, state_max_bytes: int) -> int | None:
+    """The largest record the model-state ``topic`` takes, warned about when under
+    ``state_max_bytes``."""
+    limit = await asyncio.get_running_loop().run_in_executor(None, topic_max_bytes, bootstrap,
+                                                             topic)
+    if limit is not None and limit < state_max_bytes:
+        log.warning("model-state topic %s takes records of at most %d bytes, under the %d of "
+                    "state_max_bytes: a larger model state (a fine-tuned stage's can be tens of "
+                    "MB) cannot be published, and the learner stops. Raise the topic's "
+                    "max.message.bytes to %d", topic, limit, state_max_bytes, state_max_bytes)
     return limit
 
 

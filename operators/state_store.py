@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import hmac
 import json
 import logging
@@ -51,6 +52,10 @@ _MAC_LEN = 32
 STATE_KEY = b"model-state"
 #: A signing key shorter than this is refused: HMAC is only as strong as its key.
 MIN_KEY_BYTES = 16
+#: Verified snapshots a worker keeps while it catches up, newest first: if the newest cannot be
+#: loaded (altered after it was signed, say), it falls back to the next rather than start from
+#: nothing. Bounded, as each may be tens of MB.
+CATCH_UP_CANDIDATES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,19 +179,22 @@ class StateWatcher:
         if snapshot is not None:
             self._apply(snapshot)
 
-    def _apply(self, snapshot: Snapshot) -> None:
+    def _apply(self, snapshot: Snapshot) -> bool:
+        """Apply ``snapshot`` if it is newer; False if it is newer and could not be loaded."""
         if snapshot.version > self.version:
             try:
                 self.apply(snapshot)
-            except ModelStateError as exc:  # signed by us, but for another cascade
+            except ModelStateError as exc:  # signed by us, but for another cascade, or altered
                 log.warning("could not load state version %d: %s", snapshot.version, exc)
                 if self.on_refused is not None:
                     self.on_refused(str(exc))
-                return
+                return False
             self.version = snapshot.version
+        return True
 
     async def start(self, timeout: float = 60.0) -> None:
-        """Read every snapshot up to the topic's current end, apply the newest, then follow."""
+        """Read every snapshot up to the topic's current end, apply the newest that loads, then
+        follow."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(
@@ -214,9 +222,10 @@ class StateWatcher:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        # Catch up: the newest snapshot before serving the first event (older ones, which
-        # compaction has not removed yet, are verified but not loaded).
-        newest: Snapshot | None = None
+        # Catch up: the newest snapshot that loads, before serving the first event (older ones,
+        # which compaction has not removed yet, are verified, and only the newest few kept).
+        newest: list[tuple[int, int, Snapshot]] = []  # a min-heap by version, then arrival
+        arrived = 0
         while not await self._caught_up(tps, ends):
             if time.monotonic() > deadline:
                 raise ModelStateError(f"timed out reading state topic {self.topic!r}")
@@ -226,10 +235,15 @@ class StateWatcher:
                     snapshot = self._verified(record.value)
                     if snapshot is None:
                         continue
-                    if newest is None or snapshot.version > newest.version:
-                        newest = snapshot
-        if newest is not None:
-            self._apply(newest)
+                    arrived += 1
+                    entry = (snapshot.version, arrived, snapshot)
+                    if len(newest) < CATCH_UP_CANDIDATES:
+                        heapq.heappush(newest, entry)
+                    elif entry[:2] > newest[0][:2]:
+                        heapq.heapreplace(newest, entry)
+        for _, _, snapshot in sorted(newest, key=lambda e: e[:2], reverse=True):
+            if self._apply(snapshot):
+                break
         self._start_following()
 
     def _start_following(self) -> None:

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from streamcascade.errors import ConfigurationError
 from streamcascade.models.llm.base import ReportsHealth
 from streamcascade.models.protocol import StreamModel
+from streamcascade.models.training import ReportsTraining
 from streamcascade.operators.runtime import OperatorRuntime
 from streamcascade.operators.state_store import StateSigner
 from streamcascade.operators.topics import OperatorTopics
@@ -47,6 +48,8 @@ def install_operator(
                               options=settings.operator_options()).install()
     if isinstance(model, ReportsHealth):  # a cascade, reporting how its LLM is doing
         runtime.metrics.watch_llm(model)
+    if isinstance(model, ReportsTraining):  # a cascade, whose stages may train in the background
+        runtime.metrics.watch_training(model)
     port = metrics_port if metrics_port is not None else settings.metrics_port
     if port:
         runtime.metrics.serve(port)

@@ -9,8 +9,10 @@ labels, or whose backend fails is a decision with an error and no label, never a
 
 Learning: ground-truth demonstrations only (the program's answer is scored against them; LLM
 answers are not ground truth here). Each teaches the featurizer, the learnable backends of every
-module the event called (through the module's ``teach``), and, where this worker answered the
-event and still holds its run, every call site's policy (the return of each call).
+module the event called (through the module's ``teach``), and, where the event's run is held,
+every call site's policy (the return of each call). A run is held by the worker that answered
+the event; in a fleet it travels to the learner with the event's ground truth
+(:meth:`CompiledProgram.run_record`, :meth:`CompiledProgram.adopt_run`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,6 +48,17 @@ DEFAULT_COST_WEIGHT = 0.1
 #: probability, the entropy, the text's length, a constant, and how many times the site was
 #: called before in this event.
 _EXTRA_FEATURES = 5
+
+
+@runtime_checkable
+class SharesRuns(Protocol):
+    """A model whose learning needs, beside an event's ground truth, the run that answered it
+    (its draws): the answering worker hands it over with the ground truth, and whichever worker
+    learns takes it, so a policy learns from every worker's answers."""
+
+    def run_record(self, event_id: str) -> dict[str, Any] | None: ...
+
+    def adopt_run(self, event: Event, record: dict[str, Any]) -> bool: ...
 
 
 class CompiledProgram:
@@ -298,7 +311,8 @@ class CompiledProgram:
             label_index=label, stage=stage,
             stage_index=names.index(stage) if stage in names else 0,
             confidence=calls[-1].confidence if calls else 1.0, cost=trace.cost,
-            path=[f"{c.module}={c.backend}" for c in calls], model_version=version, error=error)
+            path=[f"{c.module}={c.backend}" for c in calls], model_version=version, error=error,
+            backends=_backends_of(calls))
 
     # -- the hindsight oracle ---------------------------------------------------------------------
 
@@ -402,15 +416,65 @@ class CompiledProgram:
         config = self.config
         warming = self.warming_up
         for call in trace.calls:
-            policy = self.policies.get(call.site)
-            if policy is None:
-                continue
+            # (a run another worker answered may be the first this worker hears of its site)
+            policy = self._policy(call.site, self.modules[call.module])
             ret = utility - lam * (trace.cost - call.cost_before) / self.reference_cost
             policy.update(call.features, call.arm, call.behaviour, ret,
                           temperature=config.temperature,
                           learning_rate=0.0 if warming else config.learning_rate,
                           learning_decay=config.learning_decay,
                           baseline_rate=config.baseline_rate)
+
+    # -- runs shared across a fleet ----------------------------------------------------------------
+
+    def run_record(self, event_id: str) -> dict[str, Any] | None:
+        """What learning needs of the run of ``event_id``, as JSON data (None if this worker no
+        longer holds it): the choices, their features and probabilities, and the costs. It
+        travels with the event's ground truth to the fleet's learner, which may be another
+        worker."""
+        trace = self._traces.get(event_id)
+        if trace is None:
+            return None
+        return {"final": trace.final, "cost": trace.cost, "calls": [
+            {"site": c.site, "module": c.module, "arm": c.arm, "backend": c.backend,
+             "features": [float(v) for v in c.features],
+             "behaviour": [float(v) for v in c.behaviour], "cost_before": c.cost_before,
+             "charged": c.charged, "value": c.value if _is_json(c.value) else None}
+            for c in trace.calls]}
+
+    def adopt_run(self, event: Event, record: dict[str, Any]) -> bool:
+        """Hold the run another worker answered ``event`` with (a :meth:`run_record`), for its
+        ground truth to teach the policies here; a run this worker holds itself is kept. False
+        (and nothing held) for a record that does not fit this program."""
+        if event.id in self._traces:
+            return True
+        try:
+            trace = self._trace_of(event, record)
+        except (KeyError, TypeError, ValueError, IndexError):
+            return False
+        self._traces.put(event.id, trace)
+        return True
+
+    def _trace_of(self, event: Event, record: dict[str, Any]) -> Trace:
+        final = record["final"]
+        if final is not None and not 0 <= int(final) < len(self.task.labels):
+            raise ValueError(f"final answer {final}")
+        trace = Trace(event, self, np.zeros(self.n_features - 1),
+                      final=None if final is None else int(final), cost=_finite(record["cost"]))
+        for item in record["calls"]:
+            module = self.modules[str(item["module"])]
+            arm = int(item["arm"])
+            features = np.array([_finite(v) for v in item["features"]], dtype=np.float64)
+            behaviour = np.array([_finite(v) for v in item["behaviour"]], dtype=np.float64)
+            if not 0 <= arm < len(module.backends) or len(features) != self.n_features \
+                    or len(behaviour) != len(module.backends) or behaviour.min() < 0 \
+                    or abs(behaviour.sum() - 1.0) > 1e-6:
+                raise ValueError(f"a call of module {module.name!r} that does not fit it")
+            call = Call(str(item["site"]), module.name, arm, module.backends[arm].name,
+                        features, behaviour, _finite(item["cost_before"]), item.get("value"))
+            call.charged = _finite(item["charged"])
+            trace.calls.append(call)
+        return trace
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -480,6 +544,33 @@ def _price_floor(config: ProgramConfig) -> float:
     if config.chooser == "random":
         return -20.0
     return 0.0 if config.budget_mode == "cap" else -1.0
+
+
+def _is_json(value: Any) -> bool:
+    """Whether ``value`` travels as JSON unchanged (a module's input, usually the text)."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return not isinstance(value, float) or math.isfinite(value)
+    if isinstance(value, list):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
+
+
+def _backends_of(calls: Sequence[Call]) -> dict[str, str | list[str]]:
+    """Each module the run called, with its backend (its backends in call order, if called
+    more than once)."""
+    chosen: dict[str, list[str]] = {}
+    for call in calls:
+        chosen.setdefault(call.module, []).append(call.backend)
+    return {module: names[0] if len(names) == 1 else names for module, names in chosen.items()}
 
 
 def _sure(arm: int, n: int) -> tuple[int, np.ndarray]:

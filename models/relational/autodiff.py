@@ -7,7 +7,8 @@ operators as the forward pass (``d`` is the gradient relation of the operator's 
                      derivative scales ``d`` instead);
 ``Join(L, R, g)``    per side, ``Join(d, other, d*dg)`` (or ``d`` scaled, for a constant partial),
                      summed over the keys the side lacks: two joins and an aggregation;
-``Sum(R, by)``       ``Join(R, d, second)``: each tuple of ``R`` gets its group's gradient;
+``Sum(R, by)``       ``Join(R, d, second)``: each tuple of ``R`` gets its group's gradient (a
+                     constant ``d``, the loss's own, is written on ``R``'s keys without a join);
 ``Add(R1, R2...)``   ``Join(Ri, d, second)`` for each part.
 
 Rules apply from the loss back, in reverse topological order; where a relation feeds several
@@ -27,6 +28,7 @@ from streamcascade.models.relational.ir import (
     Rel,
     Sum,
     binary,
+    fill,
     scale,
     topological,
     unary,
@@ -88,6 +90,8 @@ def _backward(node: Rel, grad: Rel) -> list[tuple[Rel, Rel]]:
             out.append((side, _reduce(term, side.keys)))
         return out
     if isinstance(node, Sum):
+        if isinstance(grad, Const):
+            return [(node.child, Map(node.child, fill(grad.value)))]
         return [(node.child, Join(node.child, grad, binary("second")))]
     if isinstance(node, Add):
         return [(part, Join(part, grad, binary("second"))) for part in node.parts]

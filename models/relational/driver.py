@@ -136,6 +136,11 @@ class RelationalTrainer:
 
     def epoch(self, index: int) -> None:
         """One pass over the events in mini-batches, in a seeded order."""
+        for b in range(self.begin_epoch(index)):
+            self.step(b)
+
+    def begin_epoch(self, index: int) -> int:
+        """Number the events' batches for epoch ``index``; the number of batches."""
         n, size, p = self.problem.n_events, self.spec.batch_size, self.prefix
         order = np.random.default_rng([self.spec.seed, index]).permutation(n)
         batch = np.empty(n, dtype=np.int64)
@@ -147,8 +152,7 @@ class RelationalTrainer:
                                              f"JOIN {p}_batch u ON x.e = u.e ORDER BY u.b")
         self.engine.materialize(f"{p}_y_ep", f"SELECT u.b, u.wt, y.* FROM {p}_y_all y "
                                              f"JOIN {p}_batch u ON y.e = u.e")
-        for b in range(len(counts)):
-            self.step(b)
+        return len(counts)
 
     def step(self, batch: int) -> None:
         nxt = 1 - self.parity

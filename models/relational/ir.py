@@ -82,6 +82,11 @@ BINARY: dict[str, Kernel] = {k.name: k for k in (
 )}
 
 
+def fill(c: float) -> Kernel:
+    """The constant ``c`` on every tuple: a relation's keys valued ``c`` (no gradient flows)."""
+    return Kernel(f"fill({c!r})", literal(c))
+
+
 def unary(name: str) -> Kernel:
     if name.startswith("scale("):
         return scale(float(name[len("scale("):-1]))

@@ -17,11 +17,11 @@ Learning has two speeds:
   the head trained with that top.
 
 So which snapshot answers an event is set by the number of demonstrations learned before it, the
-same in a replay as in an operator, as long as training keeps up. A replay should set
-``lockstep`` (``--stage-option finetune.lockstep=true``: the stream waits for each snapshot at
-its point, so results never depend on timing); an operator leaves it off: the stream never waits,
-and a learner that falls behind drops its oldest waiting demonstrations
-(:mod:`.finetune_runner`).
+same in a replay as in an operator, as long as training keeps up. ``streamcascade replay`` sets
+``lockstep`` unless told otherwise (the stream waits for each snapshot at its point, so results
+never depend on timing); an operator leaves it off: the stream never waits, and a learner that
+falls behind drops its oldest waiting demonstrations (:mod:`.finetune_runner`), counted in
+:attr:`FineTunedStage.demonstrations_dropped` and the operator's metrics.
 
 A snapshot is taken only if the trainer answered the demonstrations of its window (each before
 learning it) with a lower log-loss than the live stage did; otherwise the stage keeps the one it
@@ -95,6 +95,9 @@ class FineTunedStage(Stage):
         ONNX Runtime: texts per call, intra-op threads, execution providers.
     snapshot_every
         Demonstrations between two snapshots.
+    decline_worse
+        Decline a snapshot that answered its window worse than the live stage (off: every
+        snapshot is taken, as a test that needs snapshots at a known cadence wants).
     lockstep
         Wait for each snapshot at its point of the stream (replays); off, the stream never waits.
     max_backlog
@@ -132,6 +135,7 @@ class FineTunedStage(Stage):
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         snapshot_every: int = 500,
+        decline_worse: bool = True,
         lockstep: bool = False,
         max_backlog: int | None = None,
         learning_rate: float = 5e-5,
@@ -198,6 +202,7 @@ class FineTunedStage(Stage):
         self.threads = threads if threads is not None else threads_from_env()
         self.providers = list(providers) if providers is not None else None
         self.snapshot_every = int(snapshot_every)
+        self.decline_worse = bool(decline_worse)
         self.lockstep = bool(lockstep)
         self.max_backlog = int(max_backlog) if max_backlog is not None else self.snapshot_every
         self.training = {"learning_rate": float(learning_rate),
@@ -476,7 +481,8 @@ class FineTunedStage(Stage):
         head, a diverging run)."""
         assert snapshot.head_weights is not None and snapshot.head_bias is not None
         live = float(np.mean(self._online_losses)) if self._online_losses else None
-        if snapshot.window_loss is not None and live is not None and snapshot.window_loss > live:
+        if (self.decline_worse and snapshot.window_loss is not None and live is not None
+                and snapshot.window_loss > live):
             self.snapshots_declined += 1
             log.info("stage %s keeps snapshot %d: snapshot %d's log-loss on its window, %.4f, "
                      "is above the live model's, %.4f", self.name, self.snapshot.number,
@@ -573,10 +579,19 @@ class FineTunedStage(Stage):
             except ModelFileError as exc:
                 raise ModelStateError(f"fine-tuned stage snapshot {snapshot.number}: {exc}") \
                     from None
+        loaded = head.arrays()
+        if (n_learned == self.n_learned and snapshot.number == self.snapshot.number
+                and snapshot.sha256 == self.snapshot.sha256
+                and all(np.array_equal(v, loaded[k]) for k, v in self.head.arrays().items())):
+            # The state it holds (put back after another state was refused): training goes on.
+            return
         # Everything checked: replace. The trainer goes on from the loaded snapshot.
         self._stop_runner()
         if session is not self._top:
             self._embeddings.clear()
+        if snapshot.number != self.snapshot.number:
+            log.info("stage %s answers with snapshot %d (%d demonstrations), loaded", self.name,
+                     snapshot.number, snapshot.covers)
         self._top, self.snapshot, self.head = session, snapshot, head
         self.n_learned = n_learned
         self._online_losses.clear()  # (those of the head just replaced)

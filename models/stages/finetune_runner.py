@@ -19,8 +19,8 @@ Two ways to pace it:
     waiting), the oldest waiting ones are dropped until ``max_backlog`` wait: the newest matter
     most on a stream that drifts, and the replay buffer still holds many of the older. Dropped
     demonstrations count toward the cadence (a snapshot still comes every ``every``
-    demonstrations, trained on fewer), in :attr:`dropped`, and in a warning at most once per
-    snapshot.
+    demonstrations, trained on fewer), in :attr:`dropped`, and in a warning when dropping starts,
+    then at most once every :data:`WARN_EVERY_S` seconds while it goes on.
 
 A snapshot that fails (its export does not reproduce the weights, say) is logged and skipped:
 the stage keeps answering with the one it has.
@@ -38,6 +38,9 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
+
+#: The shortest time between two warnings that training is behind (the first always passes).
+WARN_EVERY_S = 60.0
 
 E = TypeVar("E")
 S = TypeVar("S")
@@ -96,7 +99,8 @@ class SnapshotRunner(Generic[E, S]):
         self.failed = 0
         self.train_seconds = 0.0
         self.snapshot_seconds = 0.0
-        self._warned_at = -1
+        self._warned_at: float | None = None  # when the last warning was given (monotonic)
+        self._dropped_warned = 0  # ... and the dropped count it gave
         self._thread = threading.Thread(target=self._run, name="streamcascade-finetune",
                                         daemon=True)
         self._thread.start()
@@ -120,12 +124,13 @@ class SnapshotRunner(Generic[E, S]):
             self._queue.popleft()
         self.dropped += n
         # The dropped count toward the cadence: the thread sees the gap in the numbering.
-        number = self.submitted // self.every
-        if number != self._warned_at:
-            self._warned_at = number
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY_S:
             log.warning("fine-tuning is behind the stream: dropped the %d oldest waiting "
-                        "demonstrations (%d dropped in all, %d wait)", n, self.dropped,
-                        len(self._queue))
+                        "demonstrations since the last warning (%d dropped in all, %d wait; "
+                        "at most one such warning every %g s)", self.dropped - self._dropped_warned,
+                        self.dropped, len(self._queue), WARN_EVERY_S)
+            self._warned_at, self._dropped_warned = now, self.dropped
 
     @property
     def backlog(self) -> int:

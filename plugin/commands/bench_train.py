@@ -266,6 +266,8 @@ def run_bench(data_dir: Path, streams: tuple[str, ...], llm_name: str, master: s
               help="With --scale: the engines measured.")
 @click.option("--scale-stream", type=click.Choice(STREAMS), default="hatespeech",
               show_default=True, help="With --scale: the stream repeated.")
+@click.option("--scale-steps", type=click.IntRange(1), help="With --scale: time only an epoch's "
+              "first N steps and scale them to the epoch (for sizes too slow to wait for).")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
               help="With --scale: a PNG of epoch time against events.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
@@ -273,7 +275,7 @@ def run_bench(data_dir: Path, streams: tuple[str, ...], llm_name: str, master: s
               required=True)
 def command(data_dir: Path, streams: str, llm_name: str, master: str, epochs: int,
             scale_sizes: str | None, scale_engines: str, scale_stream: str,
-            plot_out: Path | None, quiet: bool, json_out: Path) -> None:
+            scale_steps: int | None, plot_out: Path | None, quiet: bool, json_out: Path) -> None:
     """Gradient checks, engine parity, held-out accuracy and warm-vs-cold replays."""
     names = tuple(s.strip() for s in streams.split(",") if s.strip())
     unknown = set(names) - set(STREAMS)
@@ -285,7 +287,8 @@ def command(data_dir: Path, streams: str, llm_name: str, master: str, epochs: in
 
             sizes = [int(float(s)) for s in scale_sizes.split(",") if s.strip()]
             result = scale_bench(data_dir / f"{scale_stream}.jsonl.gz", TASKS[scale_stream],
-                                 sizes, plot_out, tuple(scale_engines.split(",")))
+                                 sizes, plot_out, tuple(scale_engines.split(",")),
+                                 max_steps=scale_steps)
         else:
             result = run_bench(data_dir, names, llm_name, master, TrainOptions(epochs=epochs),
                                not quiet)

@@ -69,7 +69,9 @@ def _clean(result: dict[str, Any]) -> dict[str, Any]:
 @click.option("--labels", help="Comma-separated labels of a generic task (default: the file's).")
 @click.option("--stages", default="hashed", show_default=True, help="Comma-separated stage names.")
 @click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE.KEY=VALUE",
-              help="An option of one stage, e.g. onnx.stack=false (repeatable).")
+              help="An option of one stage, e.g. onnx.stack=false (repeatable). A stage that "
+              "trains in the background runs in lockstep unless told otherwise "
+              "(finetune.lockstep=true): each snapshot answers from its point of the stream.")
 @click.option("--mu", type=float, help="The paper's raw cost coefficient.")
 @click.option("--target-llm-share", type=float, help="Share of events sent to the LLM.")
 @click.option("--max-quality-loss", type=float,
@@ -200,7 +202,8 @@ def _run(dataset: Path, llm_name: str | None, llm_url: str | None, llm_model: st
     config = _config(stages, seed, mu=mu, target_llm_share=target_llm_share,
                      max_quality_loss=max_quality_loss, **common)
 
-    options = stage_options or {}
+    # A replay paces background training as the operator would see it (lockstep, say).
+    options = rp.replay_stage_options(config.stages, stage_options or {})
 
     def learned(point: dict[str, Any]) -> Cascade:
         return _warm(build_cascade(task, llm, _config(stages, seed, **point, **common), **options),

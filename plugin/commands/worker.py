@@ -24,6 +24,7 @@ from streamcascade.settings import Settings
 
 if TYPE_CHECKING:
     from streamcascade.models.cascade import Cascade
+    from streamcascade.models.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +92,9 @@ def build_cascade_from_flags(
     config file's ``[cascade]`` table, or the defaults decide)."""
     from streamcascade.models.cascade import CascadeConfig, build_cascade
     from streamcascade.models.llm.factory import make_llm
-    from streamcascade.models.tasks import TASKS, generic_task
-    from streamcascade.models.types import LabelSet
 
-    if task_name and labels:
-        raise ConfigurationError("give --task or --labels, not both")
-    if labels:
-        task = generic_task("custom", LabelSet.of(x.strip() for x in labels.split(",")))
-    elif task_name:
-        if task_name not in TASKS:
-            raise ConfigurationError(f"unknown task {task_name!r}; known: {sorted(TASKS)}")
-        task = TASKS[task_name]
-    else:
+    task = resolve_task(task_name, labels)
+    if task is None:
         raise ConfigurationError("name the task: --task imdb|hatespeech|isear, or --labels a,b")
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
     backend = make_llm(task, recorded=llm, records_path=Path(llm_records) if llm_records else None,
@@ -127,6 +119,22 @@ def build_cascade_from_flags(
         values.update(given)
     config = CascadeConfig.from_dict(values)
     return build_cascade(task, backend, config, **(stage_options or {}))
+
+
+def resolve_task(task_name: str | None, labels: str | None) -> Task | None:
+    """The task of ``--task`` or ``--labels``; None if neither is given."""
+    from streamcascade.models.tasks import TASKS, generic_task
+    from streamcascade.models.types import LabelSet
+
+    if task_name and labels:
+        raise ConfigurationError("give --task or --labels, not both")
+    if labels:
+        return generic_task("custom", LabelSet.of(x.strip() for x in labels.split(",")))
+    if task_name:
+        if task_name not in TASKS:
+            raise ConfigurationError(f"unknown task {task_name!r}; known: {sorted(TASKS)}")
+        return TASKS[task_name]
+    return None
 
 
 def parse_stage_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -182,6 +190,17 @@ def make_app(settings: Settings, bootstrap: str) -> Any:
 @click.option("--state-topic", "state_topic", help="Compacted model-state topic.")
 @click.option("--id-field", "id_field", help="Field of the event id in input records.")
 @click.option("--text-field", "text_field", help="Field of the text in input records.")
+@click.option("--program", "program_name", metavar="NAME|MODULE:ATTRIBUTE",
+              help="Serve a foundation-model program instead of a cascade: a built-in one "
+                   "(`streamcascade program list`) or your own Program.")
+@click.option("--budget", type=float,
+              help="Program: cost per event to keep (parameters relative to BERT-base).")
+@click.option("--budget-mode", "budget_mode", type=click.Choice(["target", "cap"]),
+              help="Program: spend the budget (target, the default) or at most it (cap).")
+@click.option("--cost-weight", "cost_weight", type=float,
+              help="Program: a fixed price of cost instead of a budget.")
+@click.option("--backend-cost", "backend_cost", multiple=True, metavar="NAME=COST",
+              help="Program: the price of a backend per call (repeatable).")
 @click.option("--task", "task_name", help="A built-in task: imdb, hatespeech or isear.")
 @click.option("--labels", help="A custom task's labels, comma-separated.")
 @click.option("--stages", help="Stages before the LLM, cheapest first (hashed, onnx); "
@@ -193,7 +212,8 @@ def make_app(settings: Settings, bootstrap: str) -> Any:
 @click.option("--max-quality-loss", type=float, help="Operating point: largest loss vs the LLM.")
 @click.option("--warmup", type=int, help="Demonstrations learned before stages may answer.")
 @click.option("--seed", type=int, help="Seed of the cascade's randomness (default 0).")
-@click.option("--llm", help="Recorded LLM: the answers' name in the records file.")
+@click.option("--llm", help="Recorded LLM: the answers' name in the records file (a program: "
+                            "names, comma-separated; default: every recorded LLM there).")
 @click.option("--llm-records", type=click.Path(exists=True, dir_okay=False),
               help="Stream file with the recorded answers.")
 @click.option("--llm-url", help="Live OpenAI-compatible LLM server.")
@@ -237,6 +257,11 @@ def make_app(settings: Settings, bootstrap: str) -> Any:
 @click.option("--loglevel", default="warn", show_default=True,
               type=click.Choice(list(_LOG_LEVELS)))
 def worker(
+    program_name: str | None,
+    budget: float | None,
+    budget_mode: str | None,
+    cost_weight: float | None,
+    backend_cost: tuple[str, ...],
     task_name: str | None,
     labels: str | None,
     stages: str | None,
@@ -256,6 +281,9 @@ def worker(
 ) -> None:
     """Run the cascade operator on a topic until stopped (SIGTERM or Ctrl-C).
 
+    With --program it serves a foundation-model program instead of a cascade (the same operator,
+    topics and state; --budget and the other program flags shape its policy).
+
     Start several with the same --app-id to share the input's partitions; they serve one model
     state. The state signing key comes from $STREAMCASCADE_STATE_SIGNING_KEY. At start the
     topics are checked, and those the operator owns created, as by ``attach``. The operator's own
@@ -268,6 +296,7 @@ def worker(
 
     from streamcascade.attach import install_operator
     from streamcascade.benchkit.passthrough import install_passthrough
+    from streamcascade.commands.worker_program import ProgramFlags, build_program_from_flags
     from streamcascade.operators.topics import prepare_topics
 
     ctx = click.get_current_context()
@@ -280,13 +309,33 @@ def worker(
         # Everything that can be refused is checked before a topic is created on the cluster.
         app = make_app(settings, bootstrap)
         topics = settings.operator_topics()
+        if pass_through and program_name is not None:
+            raise ConfigurationError("--pass-through answers nothing: no --program with it")
         if pass_through:  # input and output only
             topics = dataclasses.replace(topics, feedback=None, dlq=None, state=None)
             install_passthrough(app, topics.source, topics.sink, settings.record_codec(),
                                 settings.operator_options(), settings.metrics_port)
             # (The operator checks its topics as it starts; this agent has no start-up.)
             prepare_topics(bootstrap, topics, create=settings.create_topics)
+        elif program_name is not None:
+            cascade_only = {"--mu": mu, "--target-llm-share": target_llm_share,
+                            "--max-quality-loss": max_quality_loss,
+                            "[cascade]": ctx.meta.get("cascade_overrides") or None}
+            given = [flag for flag, value in cascade_only.items() if value is not None]
+            if given:
+                raise ConfigurationError(f"{', '.join(given)} set a cascade, not a program")
+            model = build_program_from_flags(
+                program_name, resolve_task(task_name, labels),
+                ProgramFlags(budget, budget_mode, cost_weight, backend_cost, warmup, seed,
+                             stages, parse_stage_options(stage_option), llm, llm_records,
+                             llm_url, llm_model), settings)
+            install_operator(app, model, topics, settings)
         else:
+            program_only = {"--budget": budget, "--budget-mode": budget_mode,
+                            "--cost-weight": cost_weight, "--backend-cost": backend_cost or None}
+            given = [flag for flag, value in program_only.items() if value is not None]
+            if given:
+                raise ConfigurationError(f"{', '.join(given)} shape a program: add --program")
             cascade = build_cascade_from_flags(
                 task_name, labels, stages,
                 {"mu": mu, "target_llm_share": target_llm_share,
@@ -339,9 +388,10 @@ def operator_logging(loglevel: str) -> dict[str, Any]:
 @click.option("--max-quality-loss", type=float,
               help="Operating point: largest expected loss of the task's metric against the LLM "
               "alone (default 0.02, an upper bound; see the README).")
-@click.option("--stages", default="hashed", show_default=True,
+@click.option("--stages", default="auto", show_default=True,
               help="Stages before the LLM, e.g. hashed,onnx (onnx needs `streamcascade onnx "
-              "export` first).")
+              "export` first); auto: hashed,onnx where ONNX Runtime has a GPU and the encoder is "
+              "exported, else hashed. The report names the list used.")
 def demo(**options: Any) -> None:
     """The main job: HateSpeech through the operator on a local broker, then a report and a plot."""
     from streamcascade.demo import run_demo

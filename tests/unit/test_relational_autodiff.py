@@ -156,18 +156,17 @@ r6 AS (SELECT a.e, (a.v * b.v) AS v FROM r4 a JOIN r5 b ON a.e = b.e),
 r7 AS (SELECT e, t * wt AS v FROM y WHERE b = $batch),
 r8 AS (SELECT a.e, (a.v * b.v) AS v FROM r3 a JOIN r7 b ON a.e = b.e),
 r9 AS (SELECT a.e, (a.v - b.v) AS v FROM r6 a JOIN r8 b ON a.e = b.e),
-r10 AS (SELECT 1.00000000000000000e+00 AS v),
-r11 AS (SELECT a.e, b.v AS v FROM r9 a CROSS JOIN r10 b),
-r12 AS (SELECT e, (v * -1.00000000000000000e+00) AS v FROM r11),
-r13 AS (SELECT a.e, (a.v * b.v) AS v FROM r12 a JOIN r7 b ON a.e = b.e),
-r14 AS (SELECT a.e, (a.v * b.v) AS v FROM r11 a JOIN r5 b ON a.e = b.e),
-r15 AS (SELECT a.e, (a.v / (1 + EXP(-b.v))) AS v FROM r14 a JOIN r3 b ON a.e = b.e),
-r16 AS (SELECT e, SUM(v) AS v FROM (SELECT e, v FROM r13 UNION ALL SELECT e, v FROM r15) u GROUP\
+r10 AS (SELECT e, 1.00000000000000000e+00 AS v FROM r9),
+r11 AS (SELECT e, (v * -1.00000000000000000e+00) AS v FROM r10),
+r12 AS (SELECT a.e, (a.v * b.v) AS v FROM r11 a JOIN r7 b ON a.e = b.e),
+r13 AS (SELECT a.e, (a.v * b.v) AS v FROM r10 a JOIN r5 b ON a.e = b.e),
+r14 AS (SELECT a.e, (a.v / (1 + EXP(-b.v))) AS v FROM r13 a JOIN r3 b ON a.e = b.e),
+r15 AS (SELECT e, SUM(v) AS v FROM (SELECT e, v FROM r12 UNION ALL SELECT e, v FROM r14) u GROUP\
  BY e),
-r17 AS (SELECT a.e, a.f, b.v AS v FROM r2 a JOIN r16 b ON a.e = b.e),
-r18 AS (SELECT a.e, a.f, (a.v * b.v) AS v FROM r17 a JOIN r0 b ON a.e = b.e AND a.f = b.f),
-r19 AS (SELECT f, SUM(v) AS v FROM r18 GROUP BY f)
-SELECT * FROM r19"""
+r16 AS (SELECT a.e, a.f, b.v AS v FROM r2 a JOIN r15 b ON a.e = b.e),
+r17 AS (SELECT a.e, a.f, (a.v * b.v) AS v FROM r16 a JOIN r0 b ON a.e = b.e AND a.f = b.f),
+r18 AS (SELECT f, SUM(v) AS v FROM r17 GROUP BY f)
+SELECT * FROM r18"""
 
 GOLDEN_SPARK = """\
 WITH r0 AS (SELECT e, f, v AS v FROM x WHERE b = :batch), r1 AS (SELECT f, v AS v FROM w), r2 AS\
@@ -176,15 +175,15 @@ M(v) AS v FROM r2 GROUP BY e), r4 AS (SELECT e, (GREATEST(v, 0) + LN(1 + EXP(-AB
 M r3), r5 AS (SELECT e, wt AS v FROM y WHERE b = :batch), r6 AS (SELECT a.e, (a.v * b.v) AS v FR\
 OM r4 AS a JOIN r5 AS b ON a.e = b.e), r7 AS (SELECT e, t * wt AS v FROM y WHERE b = :batch), r8\
  AS (SELECT a.e, (a.v * b.v) AS v FROM r3 AS a JOIN r7 AS b ON a.e = b.e), r9 AS (SELECT a.e, (a\
-.v - b.v) AS v FROM r6 AS a JOIN r8 AS b ON a.e = b.e), r10 AS (SELECT 1.00000000000000000e+00 A\
-S v), r11 AS (SELECT a.e, b.v AS v FROM r9 AS a CROSS JOIN r10 AS b), r12 AS (SELECT e, (v * -1.\
-00000000000000000e+00) AS v FROM r11), r13 AS (SELECT a.e, (a.v * b.v) AS v FROM r12 AS a JOIN r\
-7 AS b ON a.e = b.e), r14 AS (SELECT a.e, (a.v * b.v) AS v FROM r11 AS a JOIN r5 AS b ON a.e = b\
-.e), r15 AS (SELECT a.e, (a.v / (1 + EXP(-b.v))) AS v FROM r14 AS a JOIN r3 AS b ON a.e = b.e), \
-r16 AS (SELECT e, SUM(v) AS v FROM (SELECT e, v FROM r13 UNION ALL SELECT e, v FROM r15) AS u GR\
-OUP BY e), r17 AS (SELECT a.e, a.f, b.v AS v FROM r2 AS a JOIN r16 AS b ON a.e = b.e), r18 AS (S\
-ELECT a.e, a.f, (a.v * b.v) AS v FROM r17 AS a JOIN r0 AS b ON a.e = b.e AND a.f = b.f), r19 AS \
-(SELECT f, SUM(v) AS v FROM r18 GROUP BY f) SELECT * FROM r19"""
+.v - b.v) AS v FROM r6 AS a JOIN r8 AS b ON a.e = b.e), r10 AS (SELECT e, 1.00000000000000000e+0\
+0 AS v FROM r9), r11 AS (SELECT e, (v * -1.00000000000000000e+00) AS v FROM r10), r12 AS (SELECT\
+ a.e, (a.v * b.v) AS v FROM r11 AS a JOIN r7 AS b ON a.e = b.e), r13 AS (SELECT a.e, (a.v * b.v)\
+ AS v FROM r10 AS a JOIN r5 AS b ON a.e = b.e), r14 AS (SELECT a.e, (a.v / (1 + EXP(-b.v))) AS v\
+ FROM r13 AS a JOIN r3 AS b ON a.e = b.e), r15 AS (SELECT e, SUM(v) AS v FROM (SELECT e, v FROM \
+r12 UNION ALL SELECT e, v FROM r14) AS u GROUP BY e), r16 AS (SELECT a.e, a.f, b.v AS v FROM r2 \
+AS a JOIN r15 AS b ON a.e = b.e), r17 AS (SELECT a.e, a.f, (a.v * b.v) AS v FROM r16 AS a JOIN r\
+0 AS b ON a.e = b.e AND a.f = b.f), r18 AS (SELECT f, SUM(v) AS v FROM r17 GROUP BY f) SELECT * \
+FROM r18"""
 
 
 def test_generated_sql_is_stable_in_both_dialects() -> None:

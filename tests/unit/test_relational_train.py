@@ -227,3 +227,12 @@ def test_a_scaled_history_repeats_events_with_re_hashed_features(tmp_path: Path)
     np.testing.assert_array_equal(grown.y["c"][40:80], base.y["c"])
     # Copies read other features than the originals: the domain grows with the copies.
     assert len(np.unique(grown.x["f"])) > 2 * len(np.unique(base.x["f"]))
+
+
+def test_a_scale_run_can_time_its_first_steps_and_say_so(tmp_path: Path) -> None:
+    from streamcascade.models.relational.scale import BATCH, measure
+
+    stream = write_stream(tmp_path / "h.jsonl", [dict(r) for r in sentiment_stream(40, seed=3)])
+    run = measure(stream, "imdb", "duckdb", 2 * BATCH + 10, max_steps=1)
+    assert run["steps"] == 3 and run["extrapolated_from_steps"] == 1
+    assert run["epoch_seconds"] >= 3 * run["step_seconds"] > 0
