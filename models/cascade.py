@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from streamcascade.models.controller import OperatingPointController
-from streamcascade.models.errors import ConfigurationError, ModelStateError
+from streamcascade.models.errors import ConfigurationError
 from streamcascade.models.learner import AnswerRecord, ImitationLearner
 from streamcascade.models.llm.base import (
     DEFAULT_LLM_FAILURE,
@@ -40,7 +40,7 @@ from streamcascade.models.protocol import BatchAnswer
 from streamcascade.models.referee import Referee
 from streamcascade.models.stages.base import Stage
 from streamcascade.models.stages.registry import make_stage
-from streamcascade.models.state import expect, pack_state, unpack_state
+from streamcascade.models.state import load_all_or_nothing, pack_state
 from streamcascade.models.tasks import Task
 from streamcascade.models.training import training_report
 from streamcascade.models.types import (
@@ -525,19 +525,8 @@ class Cascade:
 
     def load_state(self, data: bytes) -> None:
         """Replace all learned state; :class:`ModelStateError` if the bytes are not ours."""
-        meta, arrays = unpack_state(data)
-        for key, value in self._shape().items():
-            expect(meta, key, value)
-        # All or nothing: a part that fails restores the whole.
-        backup = self.state_bytes(compress=False)
-        try:
-            self._load(meta, arrays)
-        except ModelStateError:
-            self._load(*unpack_state(backup))
-            raise
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            self._load(*unpack_state(backup))
-            raise ModelStateError(f"cascade state is malformed: {exc}") from None
+        load_all_or_nothing(data, self._shape(), lambda: self.state_bytes(compress=False),
+                            self._load, "cascade")
         self._records.clear()
 
     def _load(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:

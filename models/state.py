@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -117,3 +117,23 @@ def expect(meta: Mapping[str, Any], key: str, value: Any) -> None:
     if meta.get(key) != value:
         raise ModelStateError(
             f"model state was made for {key}={meta.get(key)!r}, this model has {key}={value!r}")
+
+
+def load_all_or_nothing(data: bytes, shape: Mapping[str, Any], current: Callable[[], bytes],
+                        load: Callable[[dict[str, Any], dict[str, np.ndarray]], None],
+                        what: str) -> None:
+    """Load ``data`` into a model whose state must match ``shape`` (see :func:`expect`), all or
+    nothing: where a part fails, ``load`` is handed the state as it was (``current()``, taken
+    before) again, and the failure is a :class:`ModelStateError` naming ``what``."""
+    meta, arrays = unpack_state(data)
+    for key, value in shape.items():
+        expect(meta, key, value)
+    backup = current()
+    try:
+        load(meta, arrays)
+    except ModelStateError:
+        load(*unpack_state(backup))
+        raise
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        load(*unpack_state(backup))
+        raise ModelStateError(f"{what} state is malformed: {exc}") from None

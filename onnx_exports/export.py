@@ -87,7 +87,8 @@ PARITY_SENTENCES: tuple[str, ...] = (
 )
 
 
-def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and attention mask, right-padded to the longest text (truncated to max_length)."""
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
@@ -282,7 +283,7 @@ def export_model(
         except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise ModelFileError(
                 f"cannot load {spec.package}'s weights from {source}: {exc}") from exc
-        ids, mask = _encode(tokenizer, sentences, spec.max_length)
+        ids, mask = tokenize(tokenizer, sentences, spec.max_length)
         torch_emb = _torch_embed(model, ids, mask)
         parity: dict[str, Any] = {"sentences": len(sentences), "tolerance": tolerance}
         if check_reference:

@@ -46,6 +46,7 @@ from streamcascade.onnx_exports.export import (
     PARITY_SENTENCES,
     optimize_fp32,
     quantize_int8,
+    tokenize,
 )
 from streamcascade.onnx_exports.manifest import (
     MANIFEST_FORMAT,
@@ -190,21 +191,6 @@ def _fuse(raw: Path, out: Path, heads: int, hidden: int, n_layers: int) -> dict[
         log.warning("the optimiser fused %s Attention nodes for %d layers",
                     optimization["fused"].get("Attention", 0), n_layers)
     return optimization
-
-
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and attention mask of ``texts``, right-padded to the longest, truncated."""
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length)
-    encodings = tokenizer.encode_batch(list(texts))
-    width = max(len(e.ids) for e in encodings)
-    ids = np.zeros((len(encodings), width), dtype=np.int64)
-    mask = np.zeros((len(encodings), width), dtype=np.int64)
-    for row, enc in enumerate(encodings):
-        ids[row, :len(enc.ids)] = enc.ids
-        mask[row, :len(enc.ids)] = 1
-    return ids, mask
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from streamcascade.models.relational.history import LabelledEvent
 from streamcascade.operators.demo_dedup import DEFAULT_CAPACITY, DemonstrationDedup
 from streamcascade.operators.state_store import STATE_KEY, StateSigner
 from streamcascade.operators.topic_history import TopicRangeReader
-from streamcascade.operators.topics import OperatorTopics, partition_counts
+from streamcascade.operators.topics import OperatorTopics, ensure_state_topic
 
 #: What builds the state of a version: its state bytes and its metadata.
 BuildState = Callable[[int], tuple[bytes, dict[str, Any]]]
@@ -61,24 +61,6 @@ def newest_version(bootstrap: str, topic: str, signer: StateSigner,
             f"state topic {topic!r} holds {refused} state(s) and none is signed with this key: "
             f"check STREAMCASCADE_STATE_SIGNING_KEY (the fleet's key)")
     return newest
-
-
-def ensure_state_topic(bootstrap: str, topics: OperatorTopics, timeout: float = 30.0) -> None:
-    """Create the state topic, as a worker would, where it is missing."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    if topics.state is None or topics.state in partition_counts(bootstrap, timeout):
-        return
-    spec = next(s for s in topics.specs(1) if s.name == topics.state)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    future = admin.create_topics([NewTopic(spec.name, num_partitions=spec.partitions,
-                                           replication_factor=-1, config=spec.config)],
-                                 operation_timeout=timeout)[spec.name]
-    try:
-        future.result(timeout=timeout)
-    except Exception as exc:  # (another process making it meanwhile is fine)
-        if "TOPIC_ALREADY_EXISTS" not in str(exc):
-            raise ConfigurationError(f"could not create state topic {spec.name!r}: {exc}") from None
 
 
 def release_state(bootstrap: str, topics: OperatorTopics, signer: StateSigner,

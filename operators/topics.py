@@ -198,6 +198,14 @@ def ensure_dead_letter_topic(bootstrap: str, topic: str, timeout: float = 30.0) 
                     partition_counts(bootstrap, timeout), timeout)
 
 
+def ensure_state_topic(bootstrap: str, topics: OperatorTopics, timeout: float = 30.0) -> None:
+    """Create the model-state topic, as a worker would, if it is missing."""
+    spec = next((s for s in topics.specs(1) if s.name == topics.state), None)
+    if spec is not None:
+        _create_missing(bootstrap, {spec.name: (spec.partitions, spec.config)},
+                        partition_counts(bootstrap, timeout), timeout)
+
+
 def _create_missing(bootstrap: str, wanted: dict[str, tuple[int, dict[str, str]]],
                     existing: dict[str, int], timeout: float) -> None:
     """Create the ``wanted`` topics not in ``existing``, and wait until the cluster lists them

@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from streamcascade.models.costs import BERT_BASE_PARAMETERS
-from streamcascade.models.errors import ConfigurationError, ModelStateError
+from streamcascade.models.errors import ConfigurationError
 from streamcascade.models.lru import LRUCache
 from streamcascade.models.programs.backends import Backend, StageBackend
 from streamcascade.models.programs.module import PARENT_SITE, Module, Modules
@@ -35,7 +35,7 @@ from streamcascade.models.programs.program import Program, ProgramConfig
 from streamcascade.models.programs.trace import CURRENT, Call, ModuleCallFailed, Trace
 from streamcascade.models.protocol import BatchAnswer
 from streamcascade.models.stages.base import Stage
-from streamcascade.models.state import expect, pack_state, unpack_state
+from streamcascade.models.state import load_all_or_nothing, pack_state
 from streamcascade.models.types import SOURCE_GROUND_TRUTH, Decision, Demonstration, Event
 
 #: The name of the place an answer comes from when the program answers without any module.
@@ -505,18 +505,8 @@ class CompiledProgram:
     def load_state(self, data: bytes) -> None:
         """Replace every learned part; :class:`ModelStateError` (and nothing changed) if the
         bytes are not this program's."""
-        meta, arrays = unpack_state(data)
-        for key, value in self._shape().items():
-            expect(meta, key, value)
-        backup = self.state_bytes(compress=False)
-        try:
-            self._load(meta, arrays)
-        except ModelStateError:
-            self._load(*unpack_state(backup))
-            raise
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            self._load(*unpack_state(backup))
-            raise ModelStateError(f"program state is malformed: {exc}") from None
+        load_all_or_nothing(data, self._shape(), lambda: self.state_bytes(compress=False),
+                            self._load, "program")
 
     def _load(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         for j, stage in enumerate(self._stages):

@@ -57,3 +57,28 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def load_state(self, data: bytes) -> None:
         """Replace the learned state with that of a like-configured stage's :meth:`state_bytes`."""
+
+
+#: Upstream probabilities are clipped here before their log is taken.
+LOG_FLOOR = 1e-6
+
+
+def check_targets(texts: Sequence[str], targets: Sequence[int], labels: LabelSet) -> None:
+    """Refuse a batch whose targets do not pair with its texts or are not label indices."""
+    if len(texts) != len(targets):
+        raise ValueError(f"{len(texts)} texts for {len(targets)} targets")
+    for target in targets:
+        if not 0 <= int(target) < len(labels):
+            raise ValueError(f"target {target} is not a label index of {list(labels.names)}")
+
+
+def upstream_logs(upstream: np.ndarray | None, n: int, k: int) -> np.ndarray:
+    """The previous stage's probabilities of ``n`` texts over ``k`` labels as centred
+    log-probabilities, a stacking stage's extra inputs (zeros where there is no upstream stage)."""
+    if upstream is None:
+        return np.zeros((n, k))
+    upstream = np.asarray(upstream, dtype=np.float64)
+    if upstream.shape != (n, k):
+        raise ValueError(f"upstream has shape {upstream.shape}, not {(n, k)}")
+    logs = np.log(np.clip(upstream, LOG_FLOOR, 1.0))
+    return np.asarray(logs - logs.mean(axis=1, keepdims=True))

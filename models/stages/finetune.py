@@ -49,7 +49,7 @@ import numpy as np
 from streamcascade.models.costs import cost_of_parameters
 from streamcascade.models.errors import ConfigurationError, ModelFileError, ModelStateError
 from streamcascade.models.lru import LRUCache
-from streamcascade.models.stages.base import Stage
+from streamcascade.models.stages.base import LOG_FLOOR, Stage, check_targets, upstream_logs
 from streamcascade.models.stages.finetune_runner import SnapshotRunner
 from streamcascade.models.stages.finetune_snapshot import Snapshot, snapshot_from_state
 from streamcascade.models.stages.head import SoftmaxHead
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 VARIANTS = ("auto", "fp32", "int8")
 TRUNCATIONS = ("head_tail", "head")
-_LOG_FLOOR = 1e-6  # upstream probabilities are clipped here before their log is taken
 _HEAD = "head."
 #: The encoder's layers that are fine-tuned unless told otherwise.
 DEFAULT_TRAIN_LAYERS = 2
@@ -353,16 +352,6 @@ class FineTunedStage(Stage):
 
     # -- the Stage contract -----------------------------------------------------------------------
 
-    def _upstream_logs(self, n: int, upstream: np.ndarray | None) -> np.ndarray:
-        k = len(self.labels)
-        if upstream is None:
-            return np.zeros((n, k))
-        upstream = np.asarray(upstream, dtype=np.float64)
-        if upstream.shape != (n, k):
-            raise ValueError(f"upstream has shape {upstream.shape}, not {(n, k)}")
-        logs = np.log(np.clip(upstream, _LOG_FLOOR, 1.0))
-        return np.asarray(logs - logs.mean(axis=1, keepdims=True))
-
     def _features(self, texts: Sequence[str], logs: np.ndarray) -> np.ndarray:
         embedding = self.embed(texts).astype(np.float64)
         return np.hstack([embedding, logs]) if self.stack else embedding
@@ -372,35 +361,30 @@ class FineTunedStage(Stage):
         start = time.perf_counter()
         if not len(texts):
             return np.empty((0, len(self.labels)))
-        out = self.head.proba(self._features(texts, self._upstream_logs(len(texts), upstream)))
+        logs = upstream_logs(upstream, len(texts), len(self.labels))
+        out = self.head.proba(self._features(texts, logs))
         self.predict_seconds += time.perf_counter() - start
         self.n_predicted += len(texts)
         return out
 
     def learn(self, texts: Sequence[str], targets: Sequence[int],
               upstream: np.ndarray | None = None) -> None:
-        if len(texts) != len(targets):
-            raise ValueError(f"{len(texts)} texts for {len(targets)} targets")
-        k = len(self.labels)
-        for target in targets:
-            if not 0 <= int(target) < k:
-                raise ValueError(
-                    f"target {target} is not a label index of {list(self.labels.names)}")
+        check_targets(texts, targets, self.labels)
         if not len(texts):
             return
         start = time.perf_counter()
-        logs = self._upstream_logs(len(texts), upstream)
+        logs = upstream_logs(upstream, len(texts), len(self.labels))
         features = self._features(texts, logs)
         for x, target in zip(features, targets, strict=True):
             # The live model's loss on each demonstration before learning it, for the gate.
             self._online_losses.append(-float(np.log(max(self.head.proba_one(x)[int(target)],
-                                                         _LOG_FLOOR))))
+                                                         LOG_FLOOR))))
             self.head.learn_one(x, int(target))
         runner = self._runner or self._start_runner()  # (its cadence starts at n_learned)
         self.n_learned += len(texts)
         from streamcascade.models.stages.finetune_trainer import Example
 
-        ups = logs.astype(np.float32) if self.stack else np.zeros((len(texts), k), np.float32)
+        ups = logs.astype(np.float32) if self.stack else np.zeros(logs.shape, np.float32)
         runner.submit([Example(state, int(target), up) for state, target, up in
                        zip(self.hidden_states(texts), targets, ups, strict=True)])
         self.learn_seconds += time.perf_counter() - start

@@ -48,7 +48,7 @@ import numpy as np
 from streamcascade.models.costs import cost_of_parameters
 from streamcascade.models.errors import ConfigurationError, ModelFileError, ModelStateError
 from streamcascade.models.lru import LRUCache
-from streamcascade.models.stages.base import Stage
+from streamcascade.models.stages.base import Stage, check_targets, upstream_logs
 from streamcascade.models.stages.head import SoftmaxHead
 from streamcascade.models.state import expect, pack_state, unpack_state
 from streamcascade.models.types import LabelSet
@@ -59,7 +59,6 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 VARIANTS = ("auto", "fp32", "int8")
 TRUNCATIONS = ("head_tail", "head")
-_LOG_FLOOR = 1e-6  # upstream probabilities are clipped here before their log is taken
 
 # Embedding caches shared by the stages of one process that run the same model file at the same
 # max_length (a replay runs the cascade and its baseline, each with its own stage): an embedding
@@ -319,16 +318,7 @@ class OnnxEncoderStage(Stage):
         embedding = self.embed(texts).astype(np.float64)
         if not self.stack:
             return embedding
-        k = len(self.labels)
-        if upstream is None:
-            logs = np.zeros((len(texts), k))
-        else:
-            upstream = np.asarray(upstream, dtype=np.float64)
-            if upstream.shape != (len(texts), k):
-                raise ValueError(f"upstream has shape {upstream.shape}, not {(len(texts), k)}")
-            logs = np.log(np.clip(upstream, _LOG_FLOOR, 1.0))
-            logs -= logs.mean(axis=1, keepdims=True)
-        return np.hstack([embedding, logs])
+        return np.hstack([embedding, upstream_logs(upstream, len(texts), len(self.labels))])
 
     def predict_proba(self, texts: Sequence[str],
                       upstream: np.ndarray | None = None) -> np.ndarray:
@@ -341,13 +331,7 @@ class OnnxEncoderStage(Stage):
 
     def learn(self, texts: Sequence[str], targets: Sequence[int],
               upstream: np.ndarray | None = None) -> None:
-        if len(texts) != len(targets):
-            raise ValueError(f"{len(texts)} texts for {len(targets)} targets")
-        k = len(self.labels)
-        for target in targets:
-            if not 0 <= int(target) < k:
-                raise ValueError(
-                    f"target {target} is not a label index of {list(self.labels.names)}")
+        check_targets(texts, targets, self.labels)
         start = time.perf_counter()
         features = self._features(texts, upstream)
         # One AdaGrad step per example, in stream order: an online learner, not a batch fit.

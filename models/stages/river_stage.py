@@ -44,7 +44,7 @@ import numpy as np
 
 from streamcascade.models.costs import cost_of_parameters
 from streamcascade.models.errors import ConfigurationError, ModelStateError
-from streamcascade.models.stages.base import Stage
+from streamcascade.models.stages.base import Stage, check_targets
 from streamcascade.models.stages.river_spec import build_model, normalise_spec
 from streamcascade.models.stages.river_state import decode, encode
 from streamcascade.models.state import expect, pack_state, unpack_state
@@ -160,13 +160,7 @@ class RiverStage(Stage):
 
     def learn(self, texts: Sequence[str], targets: Sequence[int],
               upstream: np.ndarray | None = None) -> None:
-        if len(texts) != len(targets):
-            raise ValueError(f"{len(texts)} texts for {len(targets)} targets")
-        k = len(self.labels)
-        for target in targets:
-            if not 0 <= int(target) < k:
-                raise ValueError(
-                    f"target {target} is not a label index of {list(self.labels.names)}")
+        check_targets(texts, targets, self.labels)
         start = time.perf_counter()
         classes = [self._classes[int(t)] for t in targets]
         if self.mini_batch and len(texts) > 1:

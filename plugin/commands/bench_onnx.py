@@ -75,9 +75,9 @@ def _texts(stream: Path | None, count: int) -> tuple[list[str], str]:
 
 def _batches(tokenizer: Any, texts: list[str], size: int,
              max_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from streamcascade.onnx_exports.export import _encode
+    from streamcascade.onnx_exports.export import tokenize
 
-    return [_encode(tokenizer, texts[i:i + size], max_length) for i in range(0, len(texts), size)]
+    return [tokenize(tokenizer, texts[i:i + size], max_length) for i in range(0, len(texts), size)]
 
 
 def _engines(model_dir: Path, threads: int) -> dict[str, Callable[[np.ndarray, np.ndarray], Any]]:

@@ -17,9 +17,9 @@ from streamcascade.onnx_exports.export import (
     PARITY_SENTENCES,
     _cosines,
     _cpu_session,
-    _encode,
     export_model,
     reference_embeddings,
+    tokenize,
 )
 from streamcascade.onnx_exports.manifest import (
     MANIFEST_NAME,
@@ -107,7 +107,7 @@ def test_onnx_matches_torch_on_real_sentences_with_dynamic_axes(exported: Manife
 
     # Several batch sizes and padded lengths through the one exported graph.
     for size, max_length in ((1, 256), (5, 64), (len(texts), 128)):
-        ids, mask = _encode(tokenizer, texts[:size], max_length)
+        ids, mask = tokenize(tokenizer, texts[:size], max_length)
         got = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         with torch.inference_mode():
             want = encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
